@@ -1,0 +1,521 @@
+"""Tests for data.py: readers, splits, samples, bad inputs, demo data and CLI.
+
+    python -m pytest -q tests/test_data.py
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+from data import DataError, Record
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def write(path: Path, img: np.ndarray, ext: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(ext or path.suffix, img)
+    assert ok
+    buf.tofile(path)
+    return path
+
+
+def noise_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def blocks_label(h: int, w: int, n: int) -> np.ndarray:
+    """(h, w) label map with instances 1..n as disjoint 2x2 blocks."""
+    lab = np.zeros((h, w), np.uint16)
+    per_row = w // 2
+    for k in range(n):
+        r, c = divmod(k, per_row)
+        lab[2 * r:2 * r + 2, 2 * c:2 * c + 2] = k + 1
+    return lab
+
+
+def make_folder(root: Path, n: int, h: int = 20, w: int = 30) -> list[np.ndarray]:
+    """images/ + masks/ with two rectangles per image; returns the label maps."""
+    labs = []
+    for i in range(n):
+        lab = np.zeros((h, w), np.uint8)
+        lab[2:8, 3:12] = 1
+        lab[10:18, 15:28] = 2
+        write(root / "images" / f"im{i:02d}.png", noise_image(h, w, i))
+        write(root / "masks" / f"im{i:02d}.png", lab)
+        labs.append(lab)
+    return labs
+
+
+def make_labpics(root: Path, n_train: int = 2, n_test: int = 1) -> None:
+    h, w = 24, 32
+    ann = np.zeros((h, w, 3), np.uint8)
+    ann[2:20, 2:14, 2] = 1  # vessel 1
+    ann[10:20, 2:14, 0] = 1  # material 1 inside vessel 1
+    ann[2:20, 18:30, 2] = 2  # vessel 2, empty
+    for split, n in (("Train", n_train), ("Test", n_test)):
+        for i in range(n):
+            write(root / "Simple" / split / "Image" / f"{split}{i}.jpg", noise_image(h, w, i))
+            write(root / "Simple" / split / "Instance" / f"{split}{i}.png", ann)
+
+
+def rle_encode_string(counts: list[int]) -> str:
+    """Test-side COCO compressed-RLE encoder (inverse of the format data.py decodes)."""
+    out = []
+    for i, x in enumerate(counts):
+        if i > 2:
+            x -= counts[i - 2]
+        while True:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            out.append(chr(48 + (c | 0x20 if more else c)))
+            if not more:
+                break
+    return "".join(out)
+
+
+def rle_counts(mask: np.ndarray) -> list[int]:
+    flat = mask.T.reshape(-1).astype(np.int8)  # column-major, as COCO
+    change = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+    return np.diff(np.concatenate([[0], change])).tolist()
+
+
+def masks_as_set(masks: np.ndarray) -> set[bytes]:
+    return {m.tobytes() for m in masks}
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def test_labpics_merge_values():
+    ann = np.zeros((2, 4, 3), np.uint8)
+    ann[0, 0] = (1, 0, 1)  # material 1 in vessel 1 -> material wins
+    ann[0, 1] = (3, 0, 1)
+    ann[0, 2] = (0, 0, 1)  # vessel 1 only -> 1 + max material (3)
+    ann[0, 3] = (0, 0, 2)
+    ann[1, 0] = (0, 7, 0)  # channel 1 is not an instance
+    out = data.labpics_merge(ann)
+    assert out.dtype == np.int32
+    assert out.tolist() == [[1, 3, 4, 5], [0, 0, 0, 0]]
+
+
+def test_labpics_merge_over_255_distinct():
+    ann = np.zeros((1, 400, 3), np.uint8)
+    ann[0, :200, 0] = np.arange(1, 201)  # 200 materials
+    ann[0, 200:, 2] = np.repeat(np.arange(1, 101), 2)  # 100 vessels
+    out = data.labpics_merge(ann)
+    ids = np.unique(out)
+    assert len(ids) == 300 and ids.min() == 1 and ids.max() == 300
+
+
+def test_labpics_reader(tmp_path):
+    make_labpics(tmp_path)
+    assert data.detect_format(tmp_path) == "labpics"
+    recs = data.find_records(tmp_path, "train")
+    assert [r.image.name for r in recs] == ["Train0.jpg", "Train1.jpg"]
+    assert all(r.format == "labpics" and r.annotation.suffix == ".png" for r in recs)
+    s = data.read_sample(recs[0], max_side=32, min_area=1)
+    assert s.image.shape == (24, 32, 3) and s.masks.shape == (3, 24, 32)
+    exp = np.zeros((3, 24, 32), bool)
+    exp[0, 10:20, 2:14] = True  # material
+    exp[1, 2:10, 2:14] = True  # vessel 1 above the material
+    exp[2, 2:20, 18:30] = True  # vessel 2
+    assert masks_as_set(s.masks) == masks_as_set(exp)
+    # the Simple/ folder itself is accepted too
+    assert len(data.find_records(tmp_path / "Simple", "train")) == 2
+
+
+def test_labpics_splits_and_complex(tmp_path):
+    make_labpics(tmp_path, n_train=2, n_test=1)
+    write(tmp_path / "Complex" / "Train" / "Image" / "c.jpg", noise_image(24, 32))
+    write(tmp_path / "Complex" / "Train" / "Instance" / "c.png", np.ones((24, 32, 3), np.uint8))
+    assert [r.image.name for r in data.find_records(tmp_path, "test")] == ["Test0.jpg"]
+    assert [r.image.name for r in data.find_records(tmp_path, "val")] == ["Test0.jpg"]
+    assert len(data.find_records(tmp_path, "train")) == 2
+    assert len(data.find_records(tmp_path, "train", complex=True)) == 3
+    with pytest.raises(ValueError, match="split"):
+        data.find_records(tmp_path, "bogus")
+
+
+def test_folder_8bit_masks(tmp_path):
+    labs = make_folder(tmp_path, 1)
+    assert data.detect_format(tmp_path) == "folder"
+    rec = data.find_records(tmp_path, "all")[0]
+    s = data.read_sample(rec, max_side=30, min_area=1)
+    assert s.image.shape == (20, 30, 3)
+    assert np.array_equal(s.image, cv2.imread(str(rec.image))[..., ::-1])
+    assert masks_as_set(s.masks) == masks_as_set(np.stack([labs[0] == 1, labs[0] == 2]))
+
+
+def test_folder_16bit_over_255_instances(tmp_path):
+    lab = blocks_label(40, 40, 300)
+    write(tmp_path / "images" / "a.png", noise_image(40, 40))
+    write(tmp_path / "masks" / "a.png", lab)
+    lm = data.read_label_map(tmp_path / "masks" / "a.png")
+    assert lm.dtype == np.int32 and lm.max() == 300
+    s = data.read_sample(data.find_records(tmp_path, "all")[0], max_side=40, min_area=1)
+    assert s.masks.shape == (300, 40, 40)
+    assert (s.masks.sum((1, 2)) == 4).all()
+    assert s.masks.sum(0).max() == 1  # disjoint: nothing merged
+
+
+def test_palette_label_png_gives_indices(tmp_path):
+    lab = np.zeros((10, 10), np.uint8)
+    lab[:5] = 1
+    lab[5:, :3] = 2
+    im = Image.fromarray(lab, mode="P")
+    im.putpalette([0, 0, 0, 200, 10, 10, 10, 200, 10] + [0] * (256 * 3 - 9))
+    im.save(tmp_path / "p.png")
+    assert np.array_equal(data.read_label_map(tmp_path / "p.png"), lab)
+
+
+def test_rle_decode_known_string():
+    # counts [0, 3, 2, 1] hand-encoded: the 4th run is stored as 1 - 3 = -2 -> 'N'
+    assert data._rle_string_to_counts("032N") == [0, 3, 2, 1]
+    m = data.rle_decode("032N", [2, 3])  # column-major: cols [1,1], [1,0], [0,1]
+    assert m.tolist() == [[True, True, False], [True, False, True]]
+    assert data.rle_decode([0, 3, 2, 1], [2, 3]).tolist() == m.tolist()
+    with pytest.raises(ValueError):
+        data.rle_decode([1, 2], [2, 3])
+
+
+def coco_fixture(tmp_path: Path, h: int = 12, w: int = 16) -> tuple[Path, list[np.ndarray]]:
+    """COCO JSON with a polygon, uncompressed RLE, compressed RLE and a crowd region."""
+    rng = np.random.default_rng(1)
+    rle_u = np.zeros((h, w), bool)
+    rle_u[6:10, 1:5] = True
+    rle_c = rng.random((h, w)) > 0.7  # irregular, so long runs and diffs get exercised
+    rle_c[:6] = False
+    poly = np.zeros((h, w), bool)
+    poly[1:4, 6:12] = True  # fillPoly includes the vertices' pixels
+    anns = [
+        {"id": 1, "image_id": 1, "iscrowd": 0,
+         "segmentation": [[6, 1, 11, 1, 11, 3, 6, 3]]},
+        {"id": 2, "image_id": 1, "iscrowd": 0,
+         "segmentation": {"size": [h, w], "counts": rle_counts(rle_u)}},
+        {"id": 3, "image_id": 1, "iscrowd": 0,
+         "segmentation": {"size": [h, w], "counts": rle_encode_string(rle_counts(rle_c))}},
+        {"id": 4, "image_id": 1, "iscrowd": 1,
+         "segmentation": {"size": [h, w], "counts": rle_counts(~rle_c)}},
+    ]
+    js = {"images": [{"id": 1, "file_name": "a.png", "width": w, "height": h}],
+          "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}
+    write(tmp_path / "images" / "a.png", noise_image(h, w))
+    (tmp_path / "annotations").mkdir()
+    path = tmp_path / "annotations" / "instances.json"
+    path.write_text(json.dumps(js))
+    return path, [poly, rle_u, rle_c]
+
+
+def test_coco_polygon_rle_crowd(tmp_path):
+    path, expected = coco_fixture(tmp_path)
+    assert data.detect_format(path) == "coco" and data.detect_format(tmp_path) == "coco"
+    recs = data.find_records(path, "all")
+    assert len(recs) == 1 and recs[0].image == tmp_path / "images" / "a.png"
+    s = data.read_sample(recs[0], max_side=16, min_area=1)
+    assert s.masks.shape == (3, 12, 16)  # crowd region not an instance
+    for got, exp in zip(s.masks, expected, strict=True):
+        assert np.array_equal(got, exp)
+
+
+def test_coco_split_files_and_image_dir(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    for split, names in (("train", ["t0.png", "t1.png"]), ("val", ["v0.png"])):
+        ims = [{"id": i, "file_name": n, "width": 8, "height": 6} for i, n in enumerate(names)]
+        anns = [{"id": i, "image_id": i, "iscrowd": 0, "segmentation": [[1, 1, 5, 1, 5, 4]]}
+                for i in range(len(names))]
+        (tmp_path / "annotations" / f"instances_{split}2017.json").write_text(
+            json.dumps({"images": ims, "annotations": anns}))
+        for n in names:  # standard COCO: root/train2017/, root/val2017/
+            write(tmp_path / f"{split}2017" / n, noise_image(6, 8))
+    train = data.find_records(tmp_path, "train")
+    test = data.find_records(tmp_path, "test")
+    assert [r.image.name for r in train] == ["t0.png", "t1.png"]
+    assert [r.image for r in test] == [tmp_path / "val2017" / "v0.png"]
+    assert len(data.load_split(tmp_path, "train", max_side=8)) == 2
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def test_folder_held_out_split_deterministic(tmp_path):
+    make_folder(tmp_path / "a", 10)
+    make_folder(tmp_path / "b", 10)
+    tr = [r.image.name for r in data.find_records(tmp_path / "a", "train")]
+    te = [r.image.name for r in data.find_records(tmp_path / "a", "test")]
+    assert len(te) == 2 and len(tr) == 8 and not set(tr) & set(te)
+    # same names -> same split, whatever the folder is called
+    assert [r.image.name for r in data.find_records(tmp_path / "b", "test")] == te
+    assert [r.image.name for r in data.find_records(tmp_path / "a", "val")] == te
+    make_folder(tmp_path / "c", 2)
+    assert len(data.find_records(tmp_path / "c", "test")) == 1
+
+
+def test_folder_train_test_subdirs(tmp_path):
+    make_folder(tmp_path / "train", 3)
+    make_folder(tmp_path / "val", 2)
+    assert data.detect_format(tmp_path) == "folder"
+    assert len(data.find_records(tmp_path, "train")) == 3
+    recs = data.find_records(tmp_path, "test")
+    assert len(recs) == 2 and all(r.image.parent == tmp_path / "val" / "images" for r in recs)
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+def test_sample_resize_points_determinism(tmp_path):
+    make_folder(tmp_path, 1)
+    rec = data.find_records(tmp_path, "all")[0]
+    s = data.read_sample(rec, max_side=60, min_area=1, seed=3)
+    assert s.image.shape == (40, 60, 3) and s.image.dtype == np.uint8
+    assert s.masks.shape == (2, 40, 60) and s.masks.dtype == bool
+    assert s.points.shape == (2, 2) and s.points.dtype == np.float32
+    assert s.labels.dtype == np.int32 and s.labels.tolist() == [1, 1]
+    assert s.name == str(rec.image)
+    for m, (x, y) in zip(s.masks, s.points, strict=True):
+        assert m[int(y), int(x)]
+    assert sorted(s.masks.sum((1, 2)).tolist()) == [6 * 9 * 4, 8 * 13 * 4]  # 2x upscale
+    again = data.read_sample(rec, max_side=60, min_area=1, seed=3)
+    assert np.array_equal(again.points, s.points) and np.array_equal(again.image, s.image)
+    others = [data.read_sample(rec, max_side=60, min_area=1, seed=k).points for k in range(4, 8)]
+    assert any(not np.array_equal(p, s.points) for p in others)
+    down = data.read_sample(rec, max_side=15, min_area=1)
+    assert down.image.shape == (10, 15, 3) and down.masks.shape[1:] == (10, 15)
+
+
+def test_sample_min_area_drops_small(tmp_path):
+    lab = np.zeros((20, 20), np.uint8)
+    lab[0:2, 0:2] = 1  # 4 px
+    lab[5:15, 5:15] = 2  # 100 px
+    write(tmp_path / "images" / "a.png", noise_image(20, 20))
+    write(tmp_path / "masks" / "a.png", lab)
+    rec = data.find_records(tmp_path, "all")[0]
+    assert len(data.read_sample(rec, max_side=20, min_area=4).masks) == 2
+    assert len(data.read_sample(rec, max_side=20, min_area=5).masks) == 1
+    # area counted after resizing: the 4 px block is 16 px at 2x
+    assert len(data.read_sample(rec, max_side=40, min_area=16).masks) == 2
+
+
+def test_sample_points_inside_and_deterministic():
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(6, 30, 40, generator=g) > 0.9
+    masks[0] = False
+    masks[0, 29, 39] = True  # single pixel in a corner
+    p1 = data.sample_points(masks, torch.Generator().manual_seed(5))
+    p2 = data.sample_points(masks, torch.Generator().manual_seed(5))
+    assert p1.shape == (6, 2) and p1.dtype == torch.float32 and p1.device == masks.device
+    assert torch.equal(p1, p2)
+    assert p1[0].tolist() == [39.0, 29.0]
+    for m, (x, y) in zip(masks, p1.long(), strict=True):
+        assert m[y, x]
+    # roughly uniform: over many draws every pixel of a small mask gets picked
+    small = torch.zeros(2000, 5, 5, dtype=torch.bool)
+    small[:, 1:3, 2:4] = True
+    pts = data.sample_points(small, torch.Generator().manual_seed(1)).long()
+    assert len({tuple(p) for p in pts.tolist()}) == 4
+    assert data.sample_points(torch.zeros(0, 4, 4, dtype=torch.bool)).shape == (0, 2)
+    with pytest.raises(ValueError, match="empty"):
+        data.sample_points(torch.zeros(2, 4, 4, dtype=torch.bool))
+
+
+@pytest.mark.cuda
+def test_sample_points_cuda_matches_cpu():
+    masks = torch.rand(4, 64, 64, generator=torch.Generator().manual_seed(0)) > 0.5
+    cpu = data.sample_points(masks, torch.Generator().manual_seed(2))
+    gpu = data.sample_points(masks.cuda(), torch.Generator().manual_seed(2))
+    assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
+
+
+def test_dataset_collate_dataloader(tmp_path):
+    make_folder(tmp_path, 5)
+    write(tmp_path / "masks" / "im04.png", np.zeros((20, 30), np.uint8))  # no instances
+    ds = data.SegDataset(data.find_records(tmp_path, "all"), max_side=30, min_area=1, seed=7)
+    assert len(ds) == 5 and len(ds[4].masks) == 0
+    direct = {ds[i].name: ds[i].points for i in range(5)}
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, collate_fn=data.collate)
+    batches = list(loader)
+    got = [s for b in batches for s in b]
+    assert [len(b) for b in batches] == [3, 1]  # empty-mask image dropped
+    assert len(got) == 4 and not any(s.name.endswith("im04.png") for s in got)
+    for s in got:  # same points in workers as in this process
+        assert np.array_equal(s.points, direct[s.name])
+    kept = data.collate([None, ds[4], ds[0]])
+    assert [s.name for s in kept] == [ds[0].name]
+
+
+# ----------------------------------------------------------------------------- image variants
+
+
+def test_read_rgb_gray_rgba_16bit(tmp_path):
+    gray = np.full((4, 5), 77, np.uint8)
+    out = data.read_rgb(write(tmp_path / "g.png", gray))
+    assert out.shape == (4, 5, 3) and (out == 77).all()
+    bgra = np.zeros((4, 5, 4), np.uint8)
+    bgra[..., 0], bgra[..., 1], bgra[..., 2], bgra[..., 3] = 10, 20, 30, 0
+    out = data.read_rgb(write(tmp_path / "a.png", bgra))
+    assert out.shape == (4, 5, 3) and out[0, 0].tolist() == [30, 20, 10]
+    deep = np.zeros((4, 5, 3), np.uint16)
+    deep[..., 2] = 65535  # red in BGR
+    deep[..., 1] = 257 * 100
+    out = data.read_rgb(write(tmp_path / "d.png", deep))
+    assert out.dtype == np.uint8 and out[0, 0].tolist() == [255, 100, 0]
+    gray16 = np.full((4, 5), 257 * 9, np.uint16)
+    assert (data.read_rgb(write(tmp_path / "g16.png", gray16)) == 9).all()
+
+
+def test_exif_orientation_ignored_for_image_and_mask(tmp_path):
+    h, w = 20, 40
+    pix = np.zeros((h, w, 3), np.uint8)
+    pix[:, : w // 2] = 255  # left half white in the stored pixel grid
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    (tmp_path / "images").mkdir()
+    Image.fromarray(pix).save(tmp_path / "images" / "a.jpg", exif=exif.tobytes(), quality=95)
+    with Image.open(tmp_path / "images" / "a.jpg") as im:  # the tag really is there
+        assert im.getexif()[0x0112] == 6
+    lab = np.zeros((h, w), np.uint8)
+    lab[:, : w // 2] = 1
+    write(tmp_path / "masks" / "a.png", lab)
+    img = data.read_rgb(tmp_path / "images" / "a.jpg")
+    assert img.shape == (h, w, 3)
+    assert img[:, :15].mean() > 200 and img[:, 25:].mean() < 50
+    rec = data.find_records(tmp_path, "all")[0]
+    assert data.check_record(rec) is None
+    s = data.read_sample(rec, max_side=w, min_area=1)
+    assert s.image[s.masks[0]].mean() > 200  # the mask sits on the white half
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+
+def test_missing_path_names_path_and_layouts(tmp_path):
+    bad = tmp_path / "nowhere"
+    for fn in (data.detect_format, data.find_records, data.load_split):
+        with pytest.raises(DataError, match="nowhere") as e:
+            fn(bad)
+        assert all(k in str(e.value) for k in ("labpics", "folder", "coco", "Simple/Train"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no known dataset layout"):
+        data.detect_format(tmp_path / "empty")
+
+
+def test_no_pairs(tmp_path):
+    write(tmp_path / "images" / "a.png", noise_image(4, 4))
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(DataError, match="no image-annotation pairs"):
+        data.find_records(tmp_path, "all")
+
+
+def test_zero_byte_image(tmp_path):
+    make_folder(tmp_path, 4)
+    (tmp_path / "images" / "im01.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"im01\.png.*zero-byte"):
+        data.read_rgb(tmp_path / "images" / "im01.png")
+    with pytest.warns(UserWarning, match=r"im01\.png.*zero-byte"):
+        ds = data.load_split(tmp_path, "all", max_side=30)
+    assert len(ds) == 3 and len(ds.skipped) == 1
+
+
+def test_truncated_images(tmp_path):
+    img = noise_image(64, 64)
+    for ext in (".jpg", ".png"):
+        full = write(tmp_path / f"full{ext}", img)
+        cut = tmp_path / f"cut{ext}"
+        cut.write_bytes(full.read_bytes()[: full.stat().st_size * 2 // 3])
+        assert data.read_rgb(full).shape == (64, 64, 3)
+        with pytest.raises(DataError, match=rf"cut\{ext}.*truncated"):
+            data.read_rgb(cut)
+        rec = Record(cut, cut, "folder")
+        assert "truncated" in data.check_record(rec)
+
+
+def test_corrupt_annotation(tmp_path):
+    make_folder(tmp_path, 3)
+    (tmp_path / "masks" / "im02.png").write_bytes(b"\x89PNG\r\n\x1a\ngarbage" * 10 + b"IEND")
+    rec = [r for r in data.find_records(tmp_path, "all") if r.image.stem == "im02"][0]
+    with pytest.raises(DataError, match=r"masks.im02\.png"):
+        data.read_sample(rec)
+    with pytest.warns(UserWarning, match=r"masks.im02\.png"):
+        ds = data.load_split(tmp_path, "all")
+    assert len(ds) == 2
+    with pytest.warns(UserWarning, match=r"im02\.png"):
+        assert data.SegDataset([rec])[0] is None
+
+
+def test_missing_annotation(tmp_path):
+    make_folder(tmp_path, 3)
+    (tmp_path / "masks" / "im00.png").unlink()
+    rec = data.find_records(tmp_path, "all")[0]
+    assert rec.annotation == tmp_path / "masks" / "im00.png"
+    with pytest.raises(DataError, match=r"missing annotation.*im00\.png"):
+        data.read_sample(rec)
+    with pytest.warns(UserWarning, match=r"masks.im00\.png: missing annotation"):
+        assert len(data.load_split(tmp_path, "all")) == 2
+
+
+def test_size_mismatch_names_both(tmp_path):
+    make_folder(tmp_path, 3)
+    write(tmp_path / "masks" / "im01.png", np.ones((20, 31), np.uint8))
+    pat = r"images.im01\.png is 30x20.*masks.im01\.png is 31x20"
+    with pytest.warns(UserWarning, match=pat):
+        ds = data.load_split(tmp_path, "all")
+    assert len(ds) == 2
+    rec = [r for r in data.find_records(tmp_path, "all") if r.image.stem == "im01"][0]
+    with pytest.raises(DataError, match=pat):
+        data.read_sample(rec)
+
+
+def test_most_files_bad(tmp_path):
+    make_folder(tmp_path, 3)
+    for i in (0, 1):
+        (tmp_path / "images" / f"im{i:02d}.png").write_bytes(b"")
+    with pytest.warns(UserWarning), pytest.raises(DataError, match="2 of 3"):
+        data.load_split(tmp_path, "all")
+
+
+# ----------------------------------------------------------------------------- demo, summary, CLI
+
+
+def test_make_demo_deterministic_and_loads(tmp_path):
+    a = data.make_demo(tmp_path / "a", n_train=3, n_test=2, seed=1)
+    b = data.make_demo(tmp_path / "b", n_train=3, n_test=2, seed=1)
+    c = data.make_demo(tmp_path / "c", n_train=3, n_test=2, seed=2)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) == 10
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files)
+    ds = data.load_split(a, "train", max_side=256)
+    assert len(ds) == 3 and len(data.load_split(a, "test", max_side=256)) == 2
+    for s in data.collate([ds[i] for i in range(3)]):
+        assert max(s.image.shape[:2]) == 256 and len(s.masks) >= 2
+        assert all(m[int(y), int(x)] for m, (x, y) in zip(s.masks, s.points, strict=True))
+    ann = cv2.imread(str(a / "Simple/Train/Instance/demo_train_000.png"), cv2.IMREAD_UNCHANGED)
+    assert ann[..., 0].max() >= 1 and ann[..., 2].max() >= 1 and ann[..., 1].max() == 0
+
+
+def test_summarize_and_cli(tmp_path, capsys):
+    make_folder(tmp_path / "d", 5)
+    (tmp_path / "d" / "images" / "im03.png").write_bytes(b"")
+    text = data.summarize(tmp_path / "d")
+    assert "folder" in text and "train:   3 images" in text and "test:    1 images" in text
+    assert "min 2 / mean 2.0 / max 2" in text and "im03.png: zero-byte" in text
+    assert data.main([str(tmp_path / "d")]) == 0
+    assert "folder layout" in capsys.readouterr().out
+    assert data.main([str(tmp_path / "missing")]) == 1
+    assert "missing" in capsys.readouterr().err
+    assert data.main(["--make-demo", str(tmp_path / "demo"), "--n-train", "1", "--n-test", "1"]) \
+        == 0
+    assert (tmp_path / "demo/Simple/Test/Image/demo_test_000.jpg").is_file()
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "data.py"), str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "nope" in r.stderr and "layouts looked for" in r.stderr

@@ -1,0 +1,175 @@
+"""model.py: loading, checkpoint checks, download, and that our batched encoder/decoder path
+computes what SAM 2's own predictor computes."""
+
+import http.server
+import threading
+import warnings
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+import model
+from model import (CheckpointError, encode_images, freeze_for_finetune, load_model,
+                   predict_logits, resolve_checkpoint, resolve_device, upscale_logits)
+
+
+def test_matches_sam2_predictor(tiny_model):
+    """Two images of different sizes in one call give, per image, the predictor's results."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (300, 400, 3), dtype=np.uint8),
+            rng.integers(0, 255, (512, 256, 3), dtype=np.uint8)]
+    pts = [np.array([[10.0, 20.0], [390.0, 290.0]]), np.array([[128.0, 500.0]])]
+    with torch.no_grad():
+        feats = encode_images(tiny_model, imgs)
+        low, scores = predict_logits(
+            tiny_model, feats, torch.tensor([0, 0, 1]),
+            torch.tensor(np.concatenate(pts), dtype=torch.float32),
+            torch.tensor([im.shape[:2] for im in imgs]))
+        pred = SAM2ImagePredictor(tiny_model)
+        start = 0
+        for im, p in zip(imgs, pts):
+            pred.set_image(im)
+            m, s, _ = pred.predict(point_coords=p[:, None], point_labels=np.ones((len(p), 1)),
+                                   multimask_output=True, return_logits=True)
+            m = m.reshape(len(p), 3, *im.shape[:2])
+            ours = upscale_logits(low[start:start + len(p)], im.shape[:2]).numpy()
+            np.testing.assert_allclose(ours, m, atol=1e-4)
+            np.testing.assert_allclose(scores[start:start + len(p)].numpy(),
+                                       s.reshape(len(p), 3), atol=1e-5)
+            start += len(p)
+
+
+def test_freeze_trains_only_prompt_encoder_and_decoder(tiny_model):
+    import copy
+
+    sam = copy.deepcopy(tiny_model)
+    params = freeze_for_finetune(sam)
+    names = {n for n, p in sam.named_parameters() if p.requires_grad}
+    assert {id(p) for p in params} == {id(p) for p in sam.parameters() if p.requires_grad}
+    assert names and all(n.startswith(("sam_prompt_encoder.", "sam_mask_decoder.")) for n in names)
+    assert not any(".conv_s0." in n or ".conv_s1." in n for n in names)  # feed the cached maps
+    assert all(not p.requires_grad for p in sam.image_encoder.parameters())
+    freeze_for_finetune(sam, train_encoder=True)
+    assert all(p.requires_grad for p in sam.image_encoder.parameters())
+
+
+def test_checkpoint_that_does_not_fit(tmp_path, tiny_model):
+    path = tmp_path / "small.pt"
+    sd = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    key = next(k for k in sd if k.startswith("sam_mask_decoder."))
+    sd[key] = torch.zeros(3, 3)
+    torch.save({"model": sd}, path)
+    with pytest.raises(CheckpointError, match=r"small\.pt.*'tiny'.*wrong-shape"):
+        load_model("tiny", str(path))
+    sd.pop(key)
+    torch.save({"model": sd}, path)
+    with pytest.raises(CheckpointError, match="missing"):
+        load_model("tiny", str(path))
+
+
+def test_corrupt_and_missing_checkpoint(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_model("tiny", str(bad))
+    with pytest.raises(CheckpointError, match="nope.pt does not exist"):
+        load_model("tiny", str(tmp_path / "nope.pt"))
+    with pytest.raises(ValueError, match="'huge' is not one of"):
+        resolve_checkpoint("huge", None)
+
+
+def test_own_checkpoint_roundtrip(tmp_path, tiny_model):
+    """A {'model': sd} file (train.py's model.pt) loads into an equal model, and also with
+    SAM 2's own build_sam2."""
+    from sam2.build_sam import build_sam2
+
+    path = tmp_path / "model.pt"
+    torch.save({"model": tiny_model.state_dict(), "model_name": "tiny"}, path)
+    assert model.model_name_in(path) == "tiny"
+    for m in (load_model("tiny", str(path)),
+              build_sam2(model.MODELS["tiny"][0], str(path), device="cpu")):
+        for (k, a), b in zip(tiny_model.state_dict().items(), m.state_dict().values()):
+            assert torch.equal(a, b), k
+
+
+class _Server:
+    """A local HTTP server on 127.0.0.1 serving `root`, stopped on exit."""
+
+    def __init__(self, root):
+        handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+        handler.log_message = lambda *a: None
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_download_official_checkpoint(tmp_path, monkeypatch, tiny_model):
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.save({"model": tiny_model.state_dict()}, served / "sam2.1_hiera_tiny.pt")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SAM2_CHECKPOINT_DIR", str(cache))
+    with _Server(served) as srv:
+        monkeypatch.setitem(model.MODELS, "tiny",
+                            (model.MODELS["tiny"][0], srv.url + "sam2.1_hiera_tiny.pt"))
+        path = resolve_checkpoint("tiny", None)
+        assert path == cache / "sam2.1_hiera_tiny.pt"
+        assert path.read_bytes() == (served / "sam2.1_hiera_tiny.pt").read_bytes()
+        m = load_model("tiny", None)  # now from the cache, no second download
+        assert torch.equal(next(iter(m.state_dict().values())),
+                           next(iter(tiny_model.state_dict().values())))
+
+        monkeypatch.setitem(model.MODELS, "small",
+                            (model.MODELS["small"][0], srv.url + "missing.pt"))
+        with pytest.raises(CheckpointError, match=r"(?s)missing\.pt.*put it at .*missing\.pt"):
+            resolve_checkpoint("small", None)
+    assert sorted(p.name for p in cache.iterdir()) == ["sam2.1_hiera_tiny.pt"]  # no partials
+
+
+def test_download_unreachable(tmp_path):
+    with pytest.raises(CheckpointError, match="--checkpoint none"):
+        model.download("http://127.0.0.1:9/x.pt", tmp_path / "x.pt", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_random_init_warns():
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        load_model("tiny", "none")
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+@pytest.mark.cuda
+def test_bf16_autocast_decoder_close_to_fp32(tiny_model):
+    import copy
+
+    sam = copy.deepcopy(tiny_model).cuda()
+    img = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    pts, idx, sizes = (torch.tensor([[100.0, 100.0]], device="cuda"),
+                       torch.tensor([0], device="cuda"), torch.tensor([[256, 256]], device="cuda"))
+    with torch.no_grad(), warnings.catch_warnings():
+        f = encode_images(sam, [img])
+        ref, _ = predict_logits(sam, f, idx, pts, sizes)
+        with model.autocast(torch.device("cuda")):
+            f16 = encode_images(sam, [img])
+            low, _ = predict_logits(sam, f16, idx, pts, sizes)
+    assert (low.float() > 0).eq(ref > 0).float().mean() > 0.95

@@ -1,0 +1,318 @@
+"""train.py on the CPU with SAM 2.1 tiny, random weights, and a small demo dataset."""
+
+import copy
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import data
+import train
+from model import MODELS, freeze_for_finetune, predict_logits
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--model", "tiny", "--checkpoint", "none", "--device", "cpu", "--workers", "0",
+        "--batch-size", "2", "--max-masks", "3", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return data.make_demo(tmp_path_factory.mktemp("demo"), n_train=3, n_test=1)
+
+
+def run(argv):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return train.train(train.parse_args(argv))
+
+
+@pytest.fixture(scope="module")
+def base_run(demo, tmp_path_factory):
+    """An uninterrupted 4-step run (checkpoints every 2 steps)."""
+    out = tmp_path_factory.mktemp("base")
+    summary = run(["--data", str(demo), "--out", str(out), "--steps", "4", "--save-every", "2",
+                   "--eval-every", "2", *FAST])
+    return out, summary
+
+
+def trainable(sd):
+    return {k: v for k, v in sd.items() if k.startswith(("sam_mask_decoder", "sam_prompt"))}
+
+
+def test_outputs_and_log(base_run):
+    out, summary = base_run
+    for name in ("checkpoint.pt", "model.pt", "best.pt", "log.csv", "curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert not list(out.glob("*.part"))
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4]
+    assert rows[0]["val_iou"] and rows[2]["val_iou"] and rows[4]["val_iou"]
+    assert all(float(r["loss"]) > 0 for r in rows[1:])
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 4 and ck["config"]["steps"] == 4 and ck["model_name"] == "tiny"
+    assert ck["config"]["lr"] == 1e-5 and ck["config"]["weight_decay"] == 4e-5
+    assert summary["step"] == 4 and 0 <= summary["first_iou"] <= 1
+
+
+def test_model_pt_loads_with_build_sam2_and_predicts_the_same(base_run):
+    from sam2.build_sam import build_sam2
+
+    out, summary = base_run
+    mem = summary["model"].eval()
+    disk = build_sam2(MODELS["tiny"][0], str(out / "model.pt"), device="cpu")
+    from model import encode_images
+
+    img = np.random.default_rng(1).integers(0, 255, (200, 300, 3), dtype=np.uint8)
+    args = (torch.tensor([0, 0]), torch.tensor([[10.0, 10.0], [150.0, 100.0]]),
+            torch.tensor([[200, 300]]))
+    with torch.no_grad():
+        a = predict_logits(mem, encode_images(mem, [img]), *args)
+        b = predict_logits(disk, encode_images(disk, [img]), *args)
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
+
+
+def test_only_decoder_and_prompt_encoder_change(base_run):
+    out, _ = base_run
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from model import load_model
+
+        init = load_model("tiny", "none").state_dict()
+    final = torch.load(out / "model.pt", weights_only=True)["model"]
+    changed = {k for k in final if not torch.equal(final[k], init[k])}
+    assert changed and all(k.startswith(("sam_mask_decoder", "sam_prompt")) for k in changed)
+    assert not any("conv_s0" in k or "conv_s1" in k for k in changed)
+
+
+def test_resume_equals_uninterrupted(demo, base_run, tmp_path):
+    out, _ = base_run
+    common = ["--data", str(demo), "--out", str(tmp_path), "--save-every", "2",
+              "--eval-every", "0", *FAST]
+    run([*common, "--steps", "2"])
+    with pytest.raises(SystemExit, match="--resume"):  # never overwrites a run by accident
+        run([*common, "--steps", "4"])
+    summary = run([*common, "--steps", "4", "--resume"])
+    assert summary["step"] == 4
+    a = trainable(torch.load(out / "model.pt", weights_only=True)["model"])
+    b = trainable(torch.load(tmp_path / "model.pt", weights_only=True)["model"])
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4]
+
+
+def test_loss_falls(demo):
+    """A few dozen steps on cached demo features lower the loss."""
+    cfg = train.parse_args(["--data", str(demo), "--out", "unused", *FAST, "--lr", "1e-4"])
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from model import load_model
+
+        sam = load_model("tiny", "none")
+    params = freeze_for_finetune(sam)
+    sam.train()
+    ds = data.load_split(demo, "train")
+    store = train.ImageStore(ds, list(range(len(ds))), cfg, sam, torch.device("cpu"), 0)
+    assert store.mode == "cpu" and len(store.items) == len(store.valid) == 3
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    gen = torch.Generator().manual_seed(0)
+    fixed = store.get(store.valid)
+
+    def fixed_loss():
+        g = torch.Generator().manual_seed(123)
+        with torch.no_grad():
+            feats, idx, pts, sizes, gts = train.prompts(fixed, 3, g)
+            low, sc = predict_logits(sam, feats, idx, pts, sizes)
+            return train.compute_loss(low, sc, gts)[0].item()
+
+    before = fixed_loss()
+    for step in range(24):
+        items = store.get(train.batch_indices(step, store.valid, 2, 0))
+        loss, _ = train.train_step(train.PromptDecoder(sam), sam, items, opt, scaler, gen, cfg,
+                                   torch.device("cpu"))
+        assert torch.isfinite(loss)
+    assert fixed_loss() < 0.8 * before
+
+
+def test_loss_matches_the_article(demo, tiny_model):
+    """Our batched loss equals the article's per-step computation on one fixed sample."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    sam = copy.deepcopy(tiny_model)
+    sample = data.load_split(demo, "train")[0]
+    predictor = SAM2ImagePredictor(sam)
+    # The article's step: set_image, _prep_prompts, prompt encoder, decoder on the last image.
+    predictor.set_image(sample.image)
+    input_point = sample.points[:, None, :]
+    input_label = np.ones((len(sample.points), 1))
+    mask_input, unnorm_coords, labels, unnorm_box = predictor._prep_prompts(
+        input_point, input_label, box=None, mask_logits=None, normalize_coords=True)
+    sparse, dense = sam.sam_prompt_encoder(points=(unnorm_coords, labels), boxes=None, masks=None)
+    high_res = [f[-1].unsqueeze(0) for f in predictor._features["high_res_feats"]]
+    low_res, prd_scores, _, _ = sam.sam_mask_decoder(
+        image_embeddings=predictor._features["image_embed"][-1].unsqueeze(0),
+        image_pe=sam.sam_prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense, multimask_output=True, repeat_image=True,
+        high_res_features=high_res)
+    prd_masks = predictor._transforms.postprocess_masks(low_res, predictor._orig_hw[-1])
+    gt_mask = torch.tensor(sample.masks.astype(np.float32))
+    prd_mask = torch.sigmoid(prd_masks[:, 0])
+    seg_loss = (-gt_mask * torch.log(prd_mask + 0.00001)
+                - (1 - gt_mask) * torch.log((1 - prd_mask) + 0.00001)).mean()
+    inter = (gt_mask * (prd_mask > 0.5)).sum(1).sum(1)
+    iou = inter / (gt_mask.sum(1).sum(1) + (prd_mask > 0.5).sum(1).sum(1) - inter)
+    score_loss = torch.abs(prd_scores[:, 0] - iou).mean()
+    article = seg_loss + score_loss * 0.05
+
+    with torch.no_grad():
+        items = train.encode_samples(sam, [sample], "cpu", "cpu", torch.float32)
+        n = len(sample.masks)
+        ours_low, ours_scores = predict_logits(
+            sam, items[0].feats, torch.zeros(n, dtype=torch.long),
+            torch.from_numpy(sample.points), torch.tensor([sample.image.shape[:2]]))
+        ours, ours_iou = train.compute_loss(ours_low, ours_scores,
+                                            [torch.from_numpy(sample.masks)])
+    torch.testing.assert_close(ours, article.detach(), rtol=2e-3, atol=2e-4)
+    torch.testing.assert_close(ours_iou, iou.detach(), rtol=0, atol=1e-6)
+
+
+def test_batch_keeps_each_images_own_features(demo, tiny_model):
+    """Decoding two images in one call equals decoding each alone (the article's multi-image
+    variant gave every image the last image's high-res features)."""
+    ds = data.load_split(demo, "train")
+    samples = [ds[0], ds[1]]
+    with torch.no_grad():
+        items = train.encode_samples(tiny_model, samples, "cpu", "cpu", torch.float32)
+        gen = torch.Generator().manual_seed(0)
+        feats, idx, pts, sizes, gts = train.prompts(items, 3, gen)
+        both, _ = predict_logits(tiny_model, feats, idx, pts, sizes)
+        for b in range(2):
+            sel = idx == b
+            alone, _ = predict_logits(tiny_model, items[b].feats, idx[sel] * 0, pts[sel],
+                                      sizes[b:b + 1])
+            torch.testing.assert_close(both[sel], alone, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(both[idx == 0][:1], both[idx == 1][:1])
+
+
+def test_compute_loss_is_stable_on_extreme_logits():
+    gt = torch.zeros(1, 8, 8, dtype=torch.bool)
+    gt[0, :4] = True
+    low = torch.full((1, 3, 256, 256), -1e4, requires_grad=True)
+    loss, iou = train.compute_loss(low, torch.zeros(1, 3), [gt])
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(low.grad).all()
+    assert iou.item() == 0.0
+    ref = F.binary_cross_entropy_with_logits(torch.full((8, 8), -1e4), gt[0].float())
+    torch.testing.assert_close(loss, ref)
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    train.save_atomic({"step": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_atomic({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_refuses_to_save_nan_weights(tmp_path, tiny_model):
+    sam = copy.deepcopy(tiny_model)
+    params = freeze_for_finetune(sam)
+    with torch.no_grad():
+        params[0].fill_(float("nan"))
+    opt = torch.optim.AdamW(params)
+    cfg = train.Config(data="x", out=str(tmp_path))
+    with pytest.raises(RuntimeError, match="non-finite"):
+        train.save_checkpoint(tmp_path, sam, opt, torch.amp.GradScaler("cpu", enabled=False), 3,
+                              cfg, torch.Generator(), {})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--lr", "-1"], "--lr must be a positive"),
+    (["--model", "huge"], "--model 'huge'"),
+    (["--cache", "disk"], "--cache must be"),
+    (["--batch-size", "x"], "invalid int value"),
+])
+def test_bad_flags(argv, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["--data", "d", *argv])
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_missing_data_and_bad_checkpoint(tmp_path, demo, capsys):
+    with pytest.raises(SystemExit, match=r"nowhere"):
+        train.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), *FAST])
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\0" * 100)
+    with pytest.raises(SystemExit, match=r"bad\.pt"):
+        train.main(["--data", str(demo), "--out", str(tmp_path / "o2"), *FAST,
+                    "--checkpoint", str(bad)])
+    # A checkpoint for another model size: named, never partly loaded.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from model import load_model
+
+        small = load_model("small", "none")
+    torch.save({"model": small.state_dict()}, bad)
+    with pytest.raises(SystemExit, match=r"bad\.pt.*'tiny'.*does not fit"):
+        train.main(["--data", str(demo), "--out", str(tmp_path / "o3"), *FAST,
+                    "--checkpoint", str(bad)])
+
+
+def test_sigkill_then_resume(demo, tmp_path):
+    """A run killed with SIGKILL mid-run resumes from its last checkpoint and finishes."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), "--data", str(demo), "--out", str(out),
+           "--save-every", "1", "--eval-every", "0", *FAST]
+    proc = subprocess.Popen([*cmd, "--steps", "50"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    assert 1 <= step < 50
+    res = subprocess.run([*cmd, "--steps", str(step + 2), "--resume"], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resuming {out / 'checkpoint.pt'} at step {step}" in res.stderr
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == step + 2
+
+
+def test_torchrun_two_processes_keep_replicas_identical(demo, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_port=29517", str(ROOT / "train.py"), "--data", str(demo), "--out", str(out),
+         "--steps", "3", "--eval-every", "0", *FAST],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "replicas identical across ranks" in res.stderr
+    assert "2 process(es)" in res.stderr
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
