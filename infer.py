@@ -42,6 +42,7 @@ from model import (
     encode_images,
     load_model,
     model_name_in,
+    plain_warnings,
     predict_logits,
     resolve_device,
     upscale_logits,
@@ -439,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    plain_warnings()
     jobs = find_jobs(args, parser)
     out = check_writable(Path(args.out), parser)
     folder = Path(args.image).is_dir()

@@ -82,6 +82,11 @@ class Features:
         )
 
 
+def plain_warnings() -> None:
+    """Command-line warnings as one 'warning: ...' line, without Python's source-line echo."""
+    warnings.formatwarning = lambda msg, cat, *args, **kw: f"warning: {msg}\n"
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda, then mps, then cpu; anything else is checked to exist."""
     if name == "auto":

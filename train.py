@@ -43,6 +43,7 @@ from model import (
     encode_images,
     freeze_for_finetune,
     load_model,
+    plain_warnings,
     predict_logits,
     resolve_checkpoint,
     resolve_device,
@@ -241,7 +242,9 @@ class ImageStore:
 
     def __init__(self, dataset, indices: list[int], cfg: Config, sam, device, rank: int):
         self.dataset, self.cfg, self.sam, self.device = dataset, cfg, sam, device
-        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.dtype = torch.float32  # the dtype autocast computes in, half the memory on GPUs
+        if device.type == "cuda":
+            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.items: dict[int, Item] = {}
         self.mode: str | None = None  # decided once the first image's feature size is known
         self.valid: list[int] = []
@@ -255,9 +258,9 @@ class ImageStore:
             with torch.no_grad(), autocast(device):
                 items = encode_samples(sam, [s for _, s in keep], device, device, self.dtype)
             if self.mode is None:
-                f = items[0].feats
-                per_image = sum(t.numel() * t.element_size() for t in [f.image_embed, *f.high_res])
-                self.mode = choose_cache(cfg, device, len(indices), 2 * per_image)
+                per_image = sum(t.numel() * t.element_size() for it in items for t in
+                                [it.feats.image_embed, *it.feats.high_res, it.masks]) / len(items)
+                self.mode = choose_cache(cfg, device, len(indices), int(1.5 * per_image))
                 if self.mode == "off":
                     continue
             store = device if self.mode == "gpu" else torch.device("cpu")
@@ -299,11 +302,13 @@ class ImageStore:
 def batch_indices(step: int, valid: list[int], batch_size: int, seed: int) -> list[int]:
     """The images of `step`: a deterministic function of (seed, step), so a resumed run draws
     the same batches as an uninterrupted one. Epochs are fresh permutations of `valid`."""
-    n, out = len(valid), []
+    n, out, perms = len(valid), [], {}
     for pos in range(step * batch_size, (step + 1) * batch_size):
         epoch, k = divmod(pos, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-        out.append(valid[perm[k]])
+        if epoch not in perms:
+            g = torch.Generator().manual_seed(seed * 100003 + epoch)
+            perms[epoch] = torch.randperm(n, generator=g).tolist()
+        out.append(valid[perms[epoch][k]])
     return out
 
 
@@ -375,12 +380,14 @@ def train_step(decoder, sam, items: list[Item], opt, scaler, gen: torch.Generato
         low_res, scores = decoder(feats.image_embed, *feats.high_res, img_idx, pts, sizes)
     loss, iou = compute_loss(low_res, scores, gts, cfg.score_weight)
     opt.zero_grad(set_to_none=True)
-    finite = torch.isfinite(loss).int()
-    if dist.is_initialized():  # every rank must skip together, or the others hang in backward
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    if not finite:  # the one host sync per step: a NaN must never reach the weights
-        return torch.full_like(loss.detach(), float("nan")), iou
     scaler.scale(loss).backward()
+    # The one host sync per step, after backward so the GPU has queued work while we wait.
+    finite = torch.isfinite(loss.detach()).int()
+    if dist.is_initialized():  # ranks must agree, or one would step while another skips
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if not finite:  # a NaN/inf must never reach the weights (or the optimizer state)
+        opt.zero_grad(set_to_none=True)
+        return torch.full_like(loss.detach(), float("nan")), iou
     scaler.step(opt)
     scaler.update()
     return loss.detach(), iou
@@ -406,7 +413,7 @@ def evaluate(sam, store: ImageStore, device, world: int, chunk: int = 64) -> flo
             total += (inter / union).sum().item()
             count += len(pts)
     total, count = all_sum([total, count], device, world)
-    return total / max(count, 1)
+    return total / count if count else float("nan")
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -551,7 +558,8 @@ def train(cfg: Config) -> dict:
     sam.train()
     if not cfg.train_encoder:
         sam.image_encoder.eval()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda")
     fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     gen = torch.Generator(device).manual_seed(cfg.seed + 1000 * rank)
@@ -574,8 +582,12 @@ def train(cfg: Config) -> dict:
 
     train_set = data.load_split(cfg.data, "train", cfg.max_side, cfg.min_area, cfg.seed,
                                 cfg.complex)
-    val_set = data.load_split(cfg.data, "test", cfg.max_side, cfg.min_area, cfg.seed,
-                              cfg.complex)
+    try:
+        val_set = data.load_split(cfg.data, "test", cfg.max_side, cfg.min_area, cfg.seed,
+                                  cfg.complex)
+    except data.DataError as e:
+        warnings.warn(f"no validation images ({e}): val IoU will not be measured")
+        val_set = data.SegDataset([])
     shard = list(range(rank, len(train_set), world))
     train_store = ImageStore(train_set, shard, cfg, sam, device, rank)
     val_store = ImageStore(val_set, list(range(rank, len(val_set), world)), cfg, sam, device,
@@ -598,11 +610,13 @@ def train(cfg: Config) -> dict:
     log_f, log = open_log(out / "log.csv", step) if rank == 0 else (None, None)
     t0 = time.time()
     if step == 0:
-        first_iou = run_eval()
-        if rank == 0:
+        first_iou = best_iou = run_eval()
+        if rank == 0:  # the base model is the best so far: best.pt never is worse than it
             log.writerow({"step": 0, "val_iou": f"{first_iou:.4f}", "lr": cfg.lr,
                           "seconds": 0.0})
             log_f.flush()
+            save_checkpoint(out, sam, opt, scaler, 0, cfg, gen,
+                            {"best_iou": best_iou, "first_iou": first_iou}, best=True)
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, file=sys.stderr,
                dynamic_ncols=True)
     bad_steps, run_loss, run_iou, masks_seen = 0, 0.0, 0.0, 0
@@ -673,6 +687,7 @@ def check_replicas(sam, device) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
+    plain_warnings()
     try:
         train(cfg)
     except (CheckpointError, data.DataError, ValueError) as e:

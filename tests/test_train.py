@@ -289,9 +289,14 @@ def test_sigkill_then_resume(demo, tmp_path):
     proc = subprocess.Popen([*cmd, "--steps", "50"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
-        time.sleep(0.5)
-    time.sleep(2)
+
+    def saved_step():
+        path = out / "checkpoint.pt"
+        return torch.load(path, weights_only=True)["step"] if path.exists() else -1
+
+    while saved_step() < 1 and time.time() < deadline:
+        time.sleep(1)
+    time.sleep(1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
