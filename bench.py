@@ -46,23 +46,46 @@ import train
 from model import MODELS, autocast, encode_images, load_model, predict_logits, resolve_device
 
 # Settings per preset; a flag given on the command line always wins.
-FULL = {"model": "small", "images": 64, "sizes": "640-1440", "steps": 50, "warmup": 5,
-        "batch_size": 8, "max_masks": train.Config.max_masks, "infer_images": 16,
-        "points": 30, "workers": train.Config.workers}
-QUICK = {"model": "tiny", "images": 4, "sizes": "demo", "steps": 2, "warmup": 1,
-         "batch_size": 2, "max_masks": train.Config.max_masks, "infer_images": 2,
-         "points": 30, "workers": 0}
+FULL = {
+    "model": "small",
+    "images": 64,
+    "sizes": "640-1440",
+    "steps": 50,
+    "warmup": 5,
+    "batch_size": 8,
+    "max_masks": train.Config.max_masks,
+    "infer_images": 16,
+    "points": 30,
+    "workers": train.Config.workers,
+}
+QUICK = {
+    "model": "tiny",
+    "images": 4,
+    "sizes": "demo",
+    "steps": 2,
+    "warmup": 1,
+    "batch_size": 2,
+    "max_masks": train.Config.max_masks,
+    "infer_images": 2,
+    "points": 30,
+    "workers": 0,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add = p.add_argument
 
     def opt(flag: str, typ, what: str) -> None:
         key = flag[2:].replace("-", "_")
-        add(flag, type=typ, default=None,
-            help=f"{what} (default {FULL[key]}; --quick: {QUICK[key]})")
+        add(
+            flag,
+            type=typ,
+            default=None,
+            help=f"{what} (default {FULL[key]}; --quick: {QUICK[key]})",
+        )
 
     add("--quick", action="store_true", help="small CPU preset: tiny model, 4 demo images")
     add("--data", help="LabPics V1 root to use (Simple/Train) instead of generated images")
@@ -119,11 +142,15 @@ def make_data(root: Path, n: int, sizes: str, seed: int) -> Path:
         img, ann = cv2.imread(str(img_path)), cv2.imread(str(ann_path))
         r = int(rng.integers(lo, hi + 1)) / max(img.shape[:2])
         wh = (round(img.shape[1] * r), round(img.shape[0] * r))
-        cv2.imwrite(str(out / "Simple" / "Train" / "Image" / img_path.name),
-                    cv2.resize(img, wh, interpolation=cv2.INTER_LINEAR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 90])
-        cv2.imwrite(str(out / "Simple" / "Train" / "Instance" / ann_path.name),
-                    cv2.resize(ann, wh, interpolation=cv2.INTER_NEAREST))
+        cv2.imwrite(
+            str(out / "Simple" / "Train" / "Image" / img_path.name),
+            cv2.resize(img, wh, interpolation=cv2.INTER_LINEAR),
+            [cv2.IMWRITE_JPEG_QUALITY, 90],
+        )
+        cv2.imwrite(
+            str(out / "Simple" / "Train" / "Instance" / ann_path.name),
+            cv2.resize(ann, wh, interpolation=cv2.INTER_NEAREST),
+        )
     return out
 
 
@@ -131,8 +158,13 @@ def article_entries(root: Path, n: int) -> list[dict]:
     """The article's data list (first n by name): image and LabPics instance PNG paths."""
     folder = Path(root) / "Simple" / "Train"
     names = sorted(f for f in os.listdir(folder / "Image") if f.lower().endswith(".jpg"))[:n]
-    return [{"image": str(folder / "Image" / f),
-             "annotation": str(folder / "Instance" / (f[:-4] + ".png"))} for f in names]
+    return [
+        {
+            "image": str(folder / "Image" / f),
+            "annotation": str(folder / "Instance" / (f[:-4] + ".png")),
+        }
+        for f in names
+    ]
 
 
 def make_infer_folder(entries: list[dict], dest: Path) -> tuple[Path, Path]:
@@ -159,8 +191,11 @@ def article_read_batch(entries: list[dict]):
     ann_map = cv2.imread(ent["annotation"])
     r = np.min([1024 / img.shape[1], 1024 / img.shape[0]])
     img = cv2.resize(img, (int(img.shape[1] * r), int(img.shape[0] * r)))
-    ann_map = cv2.resize(ann_map, (int(ann_map.shape[1] * r), int(ann_map.shape[0] * r)),
-                         interpolation=cv2.INTER_NEAREST)
+    ann_map = cv2.resize(
+        ann_map,
+        (int(ann_map.shape[1] * r), int(ann_map.shape[0] * r)),
+        interpolation=cv2.INTER_NEAREST,
+    )
     mat_map = ann_map[:, :, 0]
     ves_map = ann_map[:, :, 2]
     # as the article, in uint8: vessel * (max + 1) wraps past 255 with many instances (the
@@ -180,11 +215,14 @@ def article_loss(predictor, image, mask, input_point, input_label, device: torch
     """The article's forward pass and loss on one image -> (loss, iou per mask)."""
     predictor.set_image(image)
     mask_input, unnorm_coords, labels, unnorm_box = predictor._prep_prompts(
-        input_point, input_label, box=None, mask_logits=None, normalize_coords=True)
+        input_point, input_label, box=None, mask_logits=None, normalize_coords=True
+    )
     sparse_embeddings, dense_embeddings = predictor.model.sam_prompt_encoder(
-        points=(unnorm_coords, labels), boxes=None, masks=None)
-    high_res_features = [feat_level[-1].unsqueeze(0)
-                         for feat_level in predictor._features["high_res_feats"]]
+        points=(unnorm_coords, labels), boxes=None, masks=None
+    )
+    high_res_features = [
+        feat_level[-1].unsqueeze(0) for feat_level in predictor._features["high_res_feats"]
+    ]
     low_res_masks, prd_scores, _, _ = predictor.model.sam_mask_decoder(
         image_embeddings=predictor._features["image_embed"][-1].unsqueeze(0),
         image_pe=predictor.model.sam_prompt_encoder.get_dense_pe(),
@@ -197,8 +235,10 @@ def article_loss(predictor, image, mask, input_point, input_label, device: torch
     prd_masks = predictor._transforms.postprocess_masks(low_res_masks, predictor._orig_hw[-1])
     gt_mask = torch.tensor(mask.astype(np.float32)).to(device)
     prd_mask = torch.sigmoid(prd_masks[:, 0])
-    seg_loss = (-gt_mask * torch.log(prd_mask + 0.00001)
-                - (1 - gt_mask) * torch.log((1 - prd_mask) + 0.00001)).mean()
+    seg_loss = (
+        -gt_mask * torch.log(prd_mask + 0.00001)
+        - (1 - gt_mask) * torch.log((1 - prd_mask) + 0.00001)
+    ).mean()
     inter = (gt_mask * (prd_mask > 0.5)).sum(1).sum(1)
     iou = inter / (gt_mask.sum(1).sum(1) + (prd_mask > 0.5).sum(1).sum(1) - inter)
     score_loss = torch.abs(prd_scores[:, 0] - iou).mean()
@@ -230,16 +270,18 @@ def article_train_step(predictor, optimizer, scaler, entries, device: torch.devi
     return len(mask), mean_iou
 
 
-def article_infer_image(predictor, image_path: str, mask_path: str, out: Path, n_points: int,
-                        device: torch.device) -> int:
+def article_infer_image(
+    predictor, image_path: str, mask_path: str, out: Path, n_points: int, device: torch.device
+) -> int:
     """The article's inference on one image, writing its two PNGs (instead of cv2.imshow).
     Returns the number of segments."""
     img = cv2.imread(image_path)[..., ::-1]
     mask = cv2.imread(mask_path, 0)
     r = np.min([1024 / img.shape[1], 1024 / img.shape[0]])
     image = cv2.resize(img, (int(img.shape[1] * r), int(img.shape[0] * r)))
-    mask = cv2.resize(mask, (int(mask.shape[1] * r), int(mask.shape[0] * r)),
-                      interpolation=cv2.INTER_NEAREST)
+    mask = cv2.resize(
+        mask, (int(mask.shape[1] * r), int(mask.shape[0] * r)), interpolation=cv2.INTER_NEAREST
+    )
     points = []
     for _ in range(n_points):  # np.argwhere for every point, as the article
         coords = np.argwhere(mask > 0)
@@ -249,7 +291,8 @@ def article_infer_image(predictor, image_path: str, mask_path: str, out: Path, n
     with torch.no_grad(), article_amp(device, torch.bfloat16):
         predictor.set_image(image)
         masks, scores, logits = predictor.predict(
-            point_coords=input_points, point_labels=np.ones([input_points.shape[0], 1]))
+            point_coords=input_points, point_labels=np.ones([input_points.shape[0], 1])
+        )
     masks = masks[:, 0].astype(bool)
     sorted_masks = masks[np.argsort(scores[:, 0])][::-1].astype(bool)
     seg_map = np.zeros_like(sorted_masks[0], dtype=np.uint8)
@@ -264,8 +307,11 @@ def article_infer_image(predictor, image_path: str, mask_path: str, out: Path, n
             occupancy_mask[m] = 1
     rgb_image = np.zeros((seg_map.shape[0], seg_map.shape[1], 3), dtype=np.uint8)
     for id_class in range(1, seg_map.max() + 1):
-        rgb_image[seg_map == id_class] = [np.random.randint(255), np.random.randint(255),
-                                          np.random.randint(255)]
+        rgb_image[seg_map == id_class] = [
+            np.random.randint(255),
+            np.random.randint(255),
+            np.random.randint(255),
+        ]
     stem = Path(image_path).stem
     cv2.imwrite(str(out / f"{stem}_annotation.png"), rgb_image)
     cv2.imwrite(str(out / f"{stem}_mix.png"), (rgb_image / 2 + image / 2).astype(np.uint8))
@@ -302,9 +348,16 @@ def peak_gib(device: torch.device) -> float | None:
 
 
 def our_config(args, root: Path, device: torch.device) -> train.Config:
-    return train.Config(data=str(root), model=args.model, checkpoint="none",
-                        batch_size=args.batch_size, max_masks=args.max_masks,
-                        workers=args.workers, seed=args.seed, device=str(device))
+    return train.Config(
+        data=str(root),
+        model=args.model,
+        checkpoint="none",
+        batch_size=args.batch_size,
+        max_masks=args.max_masks,
+        workers=args.workers,
+        seed=args.seed,
+        device=str(device),
+    )
 
 
 # ----------------------------------------------------------------------------- stages
@@ -339,8 +392,12 @@ def fixed_batch_loss(args, entries: list[dict], device: torch.device) -> dict:
                 low_res, scores = predict_logits(sam, feats, idx, pts, sizes)
             ours, _ = train.compute_loss(low_res, scores, gts, train.Config.score_weight)
         a, o = float(theirs), float(ours)
-        out[mode] = {"article": a, "ours": o, "abs_diff": abs(a - o),
-                     "rel_diff": abs(a - o) / max(abs(a), 1e-12)}
+        out[mode] = {
+            "article": a,
+            "ours": o,
+            "abs_diff": abs(a - o),
+            "rel_diff": abs(a - o) / max(abs(a), 1e-12),
+        }
     return out
 
 
@@ -352,8 +409,7 @@ def time_article_training(args, entries: list[dict], device: torch.device) -> di
     predictor = SAM2ImagePredictor(fresh_model(args, device))
     predictor.model.sam_mask_decoder.train(True)
     predictor.model.sam_prompt_encoder.train(True)
-    optimizer = torch.optim.AdamW(params=predictor.model.parameters(), lr=1e-5,
-                                  weight_decay=4e-5)
+    optimizer = torch.optim.AdamW(params=predictor.model.parameters(), lr=1e-5, weight_decay=4e-5)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     np.random.seed(args.seed)
     for _ in range(args.warmup):
@@ -364,8 +420,12 @@ def time_article_training(args, entries: list[dict], device: torch.device) -> di
         n += article_train_step(predictor, optimizer, scaler, entries, device)[0]
     sync(device)
     secs = time.perf_counter() - t0
-    return {"masks_per_s": n / secs, "s_per_step": secs / args.steps,
-            "masks_per_image": n / args.steps, "peak_gib": peak_gib(device)}
+    return {
+        "masks_per_s": n / secs,
+        "s_per_step": secs / args.steps,
+        "masks_per_image": n / args.steps,
+        "peak_gib": peak_gib(device),
+    }
 
 
 def our_step(store, step: int, decoder, sam, opt, scaler, gen, cfg, device) -> int:
@@ -396,8 +456,10 @@ def time_our_training(args, root: Path, entries: list[dict], device: torch.devic
     indices = [i for i, r in enumerate(dataset.records) if r.image.name in names]
 
     def run(first: int, n: int) -> int:
-        return sum(our_step(store, s, decoder, sam, opt, scaler, gen, cfg, device)
-                   for s in range(first, first + n))
+        return sum(
+            our_step(store, s, decoder, sam, opt, scaler, gen, cfg, device)
+            for s in range(first, first + n)
+        )
 
     sync(device)
     t0 = time.perf_counter()
@@ -412,13 +474,20 @@ def time_our_training(args, root: Path, entries: list[dict], device: torch.devic
     n = run(epoch + args.warmup, args.steps)
     sync(device)
     secs = time.perf_counter() - t1
-    return {"masks_per_s": n / secs, "s_per_step": secs / args.steps,
-            "masks_per_step": n / args.steps, "first_epoch_masks_per_s": n_first / first_secs,
-            "first_epoch_s": first_secs, "cache": store.mode, "peak_gib": peak_gib(device)}
+    return {
+        "masks_per_s": n / secs,
+        "s_per_step": secs / args.steps,
+        "masks_per_step": n / args.steps,
+        "first_epoch_masks_per_s": n_first / first_secs,
+        "first_epoch_s": first_secs,
+        "cache": store.mode,
+        "peak_gib": peak_gib(device),
+    }
 
 
-def time_article_inference(args, images: list[Path], regions: Path, out: Path,
-                           device: torch.device) -> dict:
+def time_article_inference(
+    args, images: list[Path], regions: Path, out: Path, device: torch.device
+) -> dict:
     """The article's inference, one image after another (one untimed image first if
     --warmup)."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
@@ -429,8 +498,9 @@ def time_article_inference(args, images: list[Path], regions: Path, out: Path,
     np.random.seed(args.seed)
 
     def one(p: Path) -> int:
-        return article_infer_image(predictor, str(p), str(regions / (p.stem + ".png")), out,
-                                   args.points, device)
+        return article_infer_image(
+            predictor, str(p), str(regions / (p.stem + ".png")), out, args.points, device
+        )
 
     if args.warmup:
         one(images[0])
@@ -439,24 +509,42 @@ def time_article_inference(args, images: list[Path], regions: Path, out: Path,
     segments = sum(one(p) for p in images)
     sync(device)
     secs = time.perf_counter() - t0
-    return {"s_per_image": secs / len(images), "segments_per_image": segments / len(images),
-            "peak_gib": peak_gib(device)}
+    return {
+        "s_per_image": secs / len(images),
+        "segments_per_image": segments / len(images),
+        "peak_gib": peak_gib(device),
+    }
 
 
-def time_our_inference(args, folder: Path, regions: Path, out: Path,
-                       device: torch.device) -> dict:
+def time_our_inference(args, folder: Path, regions: Path, out: Path, device: torch.device) -> dict:
     """infer.py's folder mode, in-process: infer.main on the folder, with infer.load_model
     handing it the benchmark's model (so loading weights is not counted, as for the article)."""
     new_phase(device)
     sam = fresh_model(args, device)
 
     def run(src: Path, dest: Path) -> None:
-        argv = [str(src), "--masks", str(regions), "--out", str(dest), "--model", args.model,
-                "--checkpoint", "none", "--device", str(device), "--points", str(args.points),
-                "--seed", str(args.seed)]
+        argv = [
+            str(src),
+            "--masks",
+            str(regions),
+            "--out",
+            str(dest),
+            "--model",
+            args.model,
+            "--checkpoint",
+            "none",
+            "--device",
+            str(device),
+            "--points",
+            str(args.points),
+            "--seed",
+            str(args.seed),
+        ]
         # its "wrote N files" line goes to stderr: stdout is the report
-        with (mock.patch.object(infer, "load_model", lambda *a, **k: sam),
-              contextlib.redirect_stdout(sys.stderr)):
+        with (
+            mock.patch.object(infer, "load_model", lambda *a, **k: sam),
+            contextlib.redirect_stdout(sys.stderr),
+        ):
             if infer.main(argv) != 0:
                 raise RuntimeError(f"infer.py {shlex.join(argv)} failed")
 
@@ -527,8 +615,9 @@ def report(r: dict) -> str:
     for mode in ("fp32", "autocast"):
         if mode in loss:
             v = loss[mode]
-            lines.append(f"{'  ' + mode:46}{v['article']:12.6f}{v['ours']:12.6f}"
-                         f"{v['abs_diff']:14.2e}")
+            lines.append(
+                f"{'  ' + mode:46}{v['article']:12.6f}{v['ours']:12.6f}{v['abs_diff']:14.2e}"
+            )
     if r["max_rss_gib"] is not None:
         lines.append(f"\nprocess max RSS {r['max_rss_gib']:.2f} GiB (cpu: no GPU memory figures)")
     return "\n".join(lines)
@@ -539,27 +628,37 @@ def run_all(args, root: Path, work: Path, device: torch.device) -> dict:
     entries = article_entries(root, args.images)
     if not entries:
         raise SystemExit(f"no .jpg images in {root}/Simple/Train/Image")
-    folder, regions = make_infer_folder(entries[:args.infer_images], work / "infer")
+    folder, regions = make_infer_folder(entries[: args.infer_images], work / "infer")
     loss = fixed_batch_loss(args, entries, device)
     article_train = time_article_training(args, entries, device)
     ours_train = time_our_training(args, root, entries, device)
-    article_inf = time_article_inference(args, sorted(folder.iterdir()), regions,
-                                         work / "article_out", device)
+    article_inf = time_article_inference(
+        args, sorted(folder.iterdir()), regions, work / "article_out", device
+    )
     ours_inf = time_our_inference(args, folder, regions, work / "ours_out", device)
     return {
         "device": device_name(device),
         "model": args.model,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": shlex.join(["python", "bench.py", *args.argv]),
-        "images": len(entries), "sizes": args.data or args.sizes,
-        "batch_size": args.batch_size, "points": args.points, "steps": args.steps,
+        "images": len(entries),
+        "sizes": args.data or args.sizes,
+        "batch_size": args.batch_size,
+        "points": args.points,
+        "steps": args.steps,
         "warmup": args.warmup,
-        "train": {"article": article_train, "ours": ours_train,
-                  "ratio": ours_train["masks_per_s"] / article_train["masks_per_s"],
-                  "ratio_first_epoch": ours_train["first_epoch_masks_per_s"]
-                  / article_train["masks_per_s"]},
-        "infer": {"article": article_inf, "ours": ours_inf,
-                  "ratio": article_inf["s_per_image"] / ours_inf["s_per_image"]},
+        "train": {
+            "article": article_train,
+            "ours": ours_train,
+            "ratio": ours_train["masks_per_s"] / article_train["masks_per_s"],
+            "ratio_first_epoch": ours_train["first_epoch_masks_per_s"]
+            / article_train["masks_per_s"],
+        },
+        "infer": {
+            "article": article_inf,
+            "ours": ours_inf,
+            "ratio": article_inf["s_per_image"] / ours_inf["s_per_image"],
+        },
         "loss": loss,
         "max_rss_gib": None if device.type == "cuda" else max_rss_gib(),
     }
@@ -572,8 +671,11 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="sam2_bench_") as tmp:
         work = Path(tmp)
-        root = Path(args.data) if args.data else make_data(work / "data", args.images,
-                                                            args.sizes, args.seed)
+        root = (
+            Path(args.data)
+            if args.data
+            else make_data(work / "data", args.images, args.sizes, args.seed)
+        )
         results = run_all(args, root, work, device)
     print(report(results))
     if args.json:

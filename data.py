@@ -270,8 +270,11 @@ def coco_mask(ann: dict, h: int, w: int) -> np.ndarray:
             raise ValueError(f"RLE size {size} != image size [{h}, {w}]")
         return rle_decode(seg["counts"], size)
     canvas = np.zeros((h, w), np.uint8)
-    polys = [np.round(np.asarray(p, np.float64).reshape(-1, 2)).astype(np.int32)
-             for p in (seg or []) if len(p) >= 6]
+    polys = [
+        np.round(np.asarray(p, np.float64).reshape(-1, 2)).astype(np.int32)
+        for p in (seg or [])
+        if len(p) >= 6
+    ]
     if polys:
         cv2.fillPoly(canvas, polys, 1)
     return canvas.astype(bool)
@@ -389,8 +392,16 @@ def _coco_records(js: Path) -> list[Record]:
     for im in images:
         cands = [dd / im["file_name"] for dd in dirs]
         path = next((c for c in cands if c.is_file()), cands[0])
-        out.append(Record(path, None, "coco", per_image[im["id"]],
-                          int(im.get("width", 0)) or None, int(im.get("height", 0)) or None))
+        out.append(
+            Record(
+                path,
+                None,
+                "coco",
+                per_image[im["id"]],
+                int(im.get("width", 0)) or None,
+                int(im.get("height", 0)) or None,
+            )
+        )
     return out
 
 
@@ -403,22 +414,33 @@ def find_records(root: str | Path, split: str = "train", complex: bool = False) 
         base = _labpics_base(root)
         parts = ["Simple", "Complex"] if complex else ["Simple"]
         sub = {"train": ["Train"], "test": ["Test"], "all": ["Train", "Test"]}[split]
-        recs = [r for part in parts for s in sub
-                for r in _match_masks(_images_in(base / part / s / "Image"),
-                                      base / part / s / "Instance", fmt)]
+        recs = [
+            r
+            for part in parts
+            for s in sub
+            for r in _match_masks(
+                _images_in(base / part / s / "Image"), base / part / s / "Instance", fmt
+            )
+        ]
     elif fmt == "folder":
         subs = _folder_splits(root)
         if subs:
             names = list(subs) if split == "all" else [split]
-            recs = [r for n in names if n in subs
-                    for r in _match_masks(_images_in(subs[n] / "images"), subs[n] / "masks", fmt)]
+            recs = [
+                r
+                for n in names
+                if n in subs
+                for r in _match_masks(_images_in(subs[n] / "images"), subs[n] / "masks", fmt)
+            ]
         else:
             recs = _match_masks(_images_in(root / "images"), root / "masks", fmt)
             recs = _held_out(recs, lambda r: r.image.name, split)
     else:
         jsons = _coco_jsons(root)
-        tagged = {"train": [j for j in jsons if "train" in j.stem.lower()],
-                  "test": [j for j in jsons if "val" in j.stem.lower() or "test" in j.stem.lower()]}
+        tagged = {
+            "train": [j for j in jsons if "train" in j.stem.lower()],
+            "test": [j for j in jsons if "val" in j.stem.lower() or "test" in j.stem.lower()],
+        }
         if root.is_dir() and tagged["train"] and tagged["test"]:
             use = jsons if split == "all" else tagged[split]
             recs = [r for j in use for r in _coco_records(j)]
@@ -427,8 +449,10 @@ def find_records(root: str | Path, split: str = "train", complex: bool = False) 
             recs = _held_out(recs, lambda r: r.image.name, split)
     ok = [r for r in recs if r.format == "coco" or (r.annotation and r.annotation.is_file())]
     if not ok:
-        raise DataError(f"{root}: found the {fmt} layout but no image-annotation pairs for split "
-                        f"'{split}' ({len(recs)} images without annotations)\n{LAYOUTS}")
+        raise DataError(
+            f"{root}: found the {fmt} layout but no image-annotation pairs for split "
+            f"'{split}' ({len(recs)} images without annotations)\n{LAYOUTS}"
+        )
     return recs
 
 
@@ -442,8 +466,10 @@ def _load(record: Record) -> tuple[np.ndarray, np.ndarray]:
     h, w = image.shape[:2]
     if record.format == "coco":
         if (record.width, record.height) not in ((None, None), (w, h)):
-            raise DataError(f"{record.image}: image is {w}x{h} but its COCO entry says "
-                            f"{record.width}x{record.height}")
+            raise DataError(
+                f"{record.image}: image is {w}x{h} but its COCO entry says "
+                f"{record.width}x{record.height}"
+            )
         masks = []
         for a in record.coco or []:
             if a.get("iscrowd", 0):  # crowd regions mark many objects at once: not an instance
@@ -451,15 +477,16 @@ def _load(record: Record) -> tuple[np.ndarray, np.ndarray]:
             try:
                 masks.append(coco_mask(a, h, w))
             except (ValueError, KeyError, TypeError) as e:
-                raise DataError(f"{record.image}: bad COCO annotation id {a.get('id')}: {e}") \
-                    from e
+                raise DataError(f"{record.image}: bad COCO annotation id {a.get('id')}: {e}") from e
         return image, np.stack(masks) if masks else np.zeros((0, h, w), bool)
     if record.annotation is None or not Path(record.annotation).is_file():
         raise DataError(f"{record.image}: missing annotation {record.annotation}")
     lab = read_label_map(record.annotation)
     if lab.shape != (h, w):
-        raise DataError(f"size mismatch: image {record.image} is {w}x{h} but annotation "
-                        f"{record.annotation} is {lab.shape[1]}x{lab.shape[0]}")
+        raise DataError(
+            f"size mismatch: image {record.image} is {w}x{h} but annotation "
+            f"{record.annotation} is {lab.shape[1]}x{lab.shape[0]}"
+        )
     return image, lab
 
 
@@ -485,15 +512,21 @@ def read_sample(record: Record, max_side: int = 1024, min_area: int = 16, seed: 
         masks = masks[masks.sum((1, 2)) >= min_area]
     gen = torch.Generator().manual_seed(int(seed))
     points = sample_points(torch.from_numpy(masks), gen).numpy()
-    return Sample(image, np.ascontiguousarray(masks), points.astype(np.float32),
-                  np.ones(len(masks), np.int32), str(record.image))
+    return Sample(
+        image,
+        np.ascontiguousarray(masks),
+        points.astype(np.float32),
+        np.ones(len(masks), np.int32),
+        str(record.image),
+    )
 
 
 class SegDataset(torch.utils.data.Dataset):
     """Records -> Samples; a bad file gives None (and a warning) instead of killing training."""
 
-    def __init__(self, records: list[Record], max_side: int = 1024, min_area: int = 16,
-                 seed: int = 0):
+    def __init__(
+        self, records: list[Record], max_side: int = 1024, min_area: int = 16, seed: int = 0
+    ):
         self.records, self.max_side, self.min_area, self.seed = records, max_side, min_area, seed
         self.skipped: list[tuple[str, str]] = []  # (file, why) found by load_split's check
 
@@ -554,21 +587,31 @@ def check_record(record: Record) -> str | None:
         return f"{record.image}: unreadable image header ({type(e).__name__})"
     if record.format == "coco":
         if (record.width, record.height) not in ((None, None), (w, h)):
-            return (f"{record.image}: image is {w}x{h} but its COCO entry says "
-                    f"{record.width}x{record.height}")
+            return (
+                f"{record.image}: image is {w}x{h} but its COCO entry says "
+                f"{record.width}x{record.height}"
+            )
         return None
     try:
         aw, ah = _image_size(record.annotation)
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         return f"{record.annotation}: unreadable annotation header ({type(e).__name__})"
     if (aw, ah) != (w, h):
-        return (f"size mismatch: image {record.image} is {w}x{h} but annotation "
-                f"{record.annotation} is {aw}x{ah}")
+        return (
+            f"size mismatch: image {record.image} is {w}x{h} but annotation "
+            f"{record.annotation} is {aw}x{ah}"
+        )
     return None
 
 
-def load_split(root: str | Path, split: str = "train", max_side: int = 1024, min_area: int = 16,
-               seed: int = 0, complex: bool = False) -> SegDataset:
+def load_split(
+    root: str | Path,
+    split: str = "train",
+    max_side: int = 1024,
+    min_area: int = 16,
+    seed: int = 0,
+    complex: bool = False,
+) -> SegDataset:
     """find_records + check_record on each; bad pairs skipped with a warning each, DataError if
     more than half are bad (probably the wrong folder, not a few broken files)."""
     records = find_records(root, split, complex)
@@ -581,8 +624,10 @@ def load_split(root: str | Path, split: str = "train", max_side: int = 1024, min
             skipped.append((str(r.image), why))
             warnings.warn(f"skipping: {why}", stacklevel=2)
     if len(skipped) * 2 > len(records):
-        raise DataError(f"{root}: {len(skipped)} of {len(records)} '{split}' images are bad, "
-                        f"e.g. {skipped[0][1]}")
+        raise DataError(
+            f"{root}: {len(skipped)} of {len(records)} '{split}' images are bad, "
+            f"e.g. {skipped[0][1]}"
+        )
     ds = SegDataset(good, max_side, min_area, seed)
     ds.skipped = skipped
     return ds
@@ -594,8 +639,7 @@ def load_split(root: str | Path, split: str = "train", max_side: int = 1024, min
 def _demo_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic lab photo: BGR image (H, W, 3) uint8 and LabPics instance map (H, W, 3)
     uint8 with material ids in channel 0 and vessel ids in channel 2."""
-    h, w = [(240, 320), (320, 240), (300, 400), (360, 480), (480, 360), (480, 640)][
-        rng.integers(6)]
+    h, w = [(240, 320), (320, 240), (300, 400), (360, 480), (480, 360), (480, 640)][rng.integers(6)]
     # textured background: smooth blotches + a lighting gradient + pixel noise
     low = rng.uniform(40, 200, (4, 5, 3)).astype(np.float32)
     bg = cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
@@ -618,16 +662,21 @@ def _demo_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
             r = max(2, min(vw, vh) // 6)
             cv2.rectangle(shape, (x0 + r, y0), (x0 + vw - r, y0 + vh), 1, -1)
             cv2.rectangle(shape, (x0, y0 + r), (x0 + vw, y0 + vh - r), 1, -1)
-            for cx, cy in [(x0 + r, y0 + r), (x0 + vw - r, y0 + r), (x0 + r, y0 + vh - r),
-                           (x0 + vw - r, y0 + vh - r)]:
+            for cx, cy in [
+                (x0 + r, y0 + r),
+                (x0 + vw - r, y0 + r),
+                (x0 + r, y0 + vh - r),
+                (x0 + vw - r, y0 + vh - r),
+            ]:
                 cv2.circle(shape, (cx, cy), r, 1, -1)
         inside = shape.astype(bool)
         # glass: slightly brighter, bluish see-through body, light rim, one highlight streak
         img[inside] = img[inside] * 0.8 + np.array([235, 225, 215], np.float32) * 0.2
         rim = cv2.morphologyEx(shape, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)).astype(bool)
         img[rim] = 235
-        img[y0 + vh // 6:y0 + vh - vh // 6, x0 + vw // 5:x0 + vw // 5 + 2][
-            inside[y0 + vh // 6:y0 + vh - vh // 6, x0 + vw // 5:x0 + vw // 5 + 2]] = 245
+        img[y0 + vh // 6 : y0 + vh - vh // 6, x0 + vw // 5 : x0 + vw // 5 + 2][
+            inside[y0 + vh // 6 : y0 + vh - vh // 6, x0 + vw // 5 : x0 + vw // 5 + 2]
+        ] = 245
         ann[inside, 2] = v + 1
         # 1-3 liquid phases stacked from the bottom, each a horizontal band of one colour
         top = y0 + int(rng.uniform(0.2, 0.6) * vh)
@@ -665,8 +714,11 @@ def make_demo(root: str | Path, n_train: int = 16, n_test: int = 6, seed: int = 
             rng = np.random.default_rng([seed, split == "Test", i])
             img, ann = _demo_image(rng)
             name = f"demo_{split.lower()}_{i:03d}"
-            _write(root / "Simple" / split / "Image" / f"{name}.jpg", img,
-                   [cv2.IMWRITE_JPEG_QUALITY, 90])
+            _write(
+                root / "Simple" / split / "Image" / f"{name}.jpg",
+                img,
+                [cv2.IMWRITE_JPEG_QUALITY, 90],
+            )
             _write(root / "Simple" / split / "Instance" / f"{name}.png", ann)
     return root
 
@@ -703,8 +755,10 @@ def summarize(root: str | Path, complex: bool = False) -> str:
             if why is not None:
                 skipped.append(f"  {why}")
         c = np.array(counts or [0])
-        lines.append(f"{split + ':':8} {len(counts)} images, instances per image "
-                     f"min {c.min()} / mean {c.mean():.1f} / max {c.max()} (before min_area)")
+        lines.append(
+            f"{split + ':':8} {len(counts)} images, instances per image "
+            f"min {c.min()} / mean {c.mean():.1f} / max {c.max()} (before min_area)"
+        )
     lines.append(f"skipped: {len(skipped)} files" + (":" if skipped else ""))
     return "\n".join(lines + skipped)
 

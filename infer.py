@@ -74,8 +74,9 @@ def grid_points(region: np.ndarray, k: int) -> np.ndarray:
     gy, gx = np.meshgrid(ys, xs, indexing="ij")
     keep = region[gy, gx]
     if not keep.any():
-        raise ValueError(f"no point of the {k}x{k} grid falls inside the region; "
-                         "use a finer --grid or --points")
+        raise ValueError(
+            f"no point of the {k}x{k} grid falls inside the region; use a finer --grid or --points"
+        )
     return np.stack([gx[keep], gy[keep]], axis=1).astype(np.float32)
 
 
@@ -106,8 +107,13 @@ def predict_masks(sam, image: np.ndarray, points: np.ndarray, batch_points: int 
 # ----------------------------------------------------------------------------- stitching
 
 
-def stitch(masks: np.ndarray, scores: np.ndarray, region: np.ndarray | None = None,
-           overlap: float = 0.15, min_score: float | None = None) -> np.ndarray:
+def stitch(
+    masks: np.ndarray,
+    scores: np.ndarray,
+    region: np.ndarray | None = None,
+    overlap: float = 0.15,
+    min_score: float | None = None,
+) -> np.ndarray:
     """Merge overlapping masks into one instance map, best score first.
 
     masks (M, H, W) bool; scores (M,); region (H, W) bool or None (everywhere).
@@ -118,8 +124,9 @@ def stitch(masks: np.ndarray, scores: np.ndarray, region: np.ndarray | None = No
     masks = np.asarray(masks, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64)
     if masks.ndim != 3 or scores.shape != masks.shape[:1]:
-        raise ValueError(f"expected masks (M, H, W) and scores (M,), got {masks.shape} "
-                         f"and {scores.shape}")
+        raise ValueError(
+            f"expected masks (M, H, W) and scores (M,), got {masks.shape} and {scores.shape}"
+        )
     labels = np.zeros(masks.shape[1:], np.uint16)
     next_id = 1
     for i in np.argsort(-scores, kind="stable"):  # stable: ties keep the prompts' order
@@ -158,9 +165,17 @@ def consecutive(labels: np.ndarray) -> np.ndarray:
     return (inv.reshape(labels.shape) + start).astype(labels.dtype)
 
 
-def segment(sam, image: np.ndarray, region: np.ndarray | None = None, points: int = 30,
-            grid: int | None = None, seed: int = 0, overlap: float = 0.15,
-            min_score: float | None = None, batch_points: int = 64) -> np.ndarray:
+def segment(
+    sam,
+    image: np.ndarray,
+    region: np.ndarray | None = None,
+    points: int = 30,
+    grid: int | None = None,
+    seed: int = 0,
+    overlap: float = 0.15,
+    min_score: float | None = None,
+    batch_points: int = 64,
+) -> np.ndarray:
     """Segment the objects of one image with a loaded SAM 2 (see load_model).
 
     image (H, W, 3) uint8 RGB; region (H, W) bool, the part to segment (None: all of it).
@@ -169,16 +184,18 @@ def segment(sam, image: np.ndarray, region: np.ndarray | None = None, points: in
     """
     h, w = image.shape[:2]
     if region is not None and region.shape != (h, w):
-        raise ValueError(f"region is {region.shape[1]}x{region.shape[0]} (WxH) but the image "
-                         f"is {w}x{h}")
+        raise ValueError(
+            f"region is {region.shape[1]}x{region.shape[0]} (WxH) but the image is {w}x{h}"
+        )
     work = resize_longest(image, MAX_SIDE)
     if region is None:
         work_region = np.ones(work.shape[:2], bool)
     else:
         work_region = resize_longest(region.astype(bool), MAX_SIDE, nearest=True)
         if not work_region.any():
-            raise ValueError("the region is empty (or too small to survive resizing to "
-                             f"{MAX_SIDE} pixels)")
+            raise ValueError(
+                f"the region is empty (or too small to survive resizing to {MAX_SIDE} pixels)"
+            )
     pts = grid_points(work_region, grid) if grid else random_points(work_region, points, seed)
     masks, scores = predict_masks(sam, work, pts, batch_points)
     labels = stitch(masks, scores, work_region, overlap, min_score)
@@ -199,8 +216,10 @@ def score_labels(pred: np.ndarray, gt: np.ndarray, region: np.ndarray | None = N
     matched_50 (share of GT instances whose best IoU >= 0.5) and n_gt; nan scores when n_gt == 0.
     """
     if pred.shape != gt.shape:
-        raise ValueError(f"ground truth is {gt.shape[1]}x{gt.shape[0]} (WxH) but the prediction "
-                         f"is {pred.shape[1]}x{pred.shape[0]}")
+        raise ValueError(
+            f"ground truth is {gt.shape[1]}x{gt.shape[0]} (WxH) but the prediction "
+            f"is {pred.shape[1]}x{pred.shape[0]}"
+        )
     if region is not None:
         pred, gt = pred[region], gt[region]
     g_ids, g = np.unique(gt.ravel(), return_inverse=True)
@@ -219,13 +238,18 @@ def score_labels(pred: np.ndarray, gt: np.ndarray, region: np.ndarray | None = N
         p_area = np.bincount(p)[p_ids != 0]
         iou = inter / (g_area[:, None] + p_area[None, :] - inter)
         best = iou.max(axis=1)
-    return {"mean_best_iou": float(best.mean()), "matched_50": float((best >= 0.5).mean()),
-            "n_gt": n_gt}
+    return {
+        "mean_best_iou": float(best.mean()),
+        "matched_50": float((best >= 0.5).mean()),
+        "n_gt": n_gt,
+    }
 
 
 def format_score(s: dict) -> str:
-    return (f"mean best IoU {s['mean_best_iou']:.3f}, matched at IoU>=0.5 {s['matched_50']:.1%}"
-            f" of {s['n_gt']} GT instances")
+    return (
+        f"mean best IoU {s['mean_best_iou']:.3f}, matched at IoU>=0.5 {s['matched_50']:.1%}"
+        f" of {s['n_gt']} GT instances"
+    )
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -244,8 +268,9 @@ def overlay(image: np.ndarray, color: np.ndarray, labels: np.ndarray, alpha=0.5)
     return np.where(labels[..., None] > 0, mix, image)
 
 
-def save_outputs(out: Path, stem: str, image: np.ndarray, labels: np.ndarray,
-                 seed: int = 0) -> list[Path]:
+def save_outputs(
+    out: Path, stem: str, image: np.ndarray, labels: np.ndarray, seed: int = 0
+) -> list[Path]:
     """Write <stem>_labels.png (uint16), <stem>_color.png and <stem>_overlay.png into `out`."""
     color = colorize(labels, seed)
     files = {
@@ -266,8 +291,11 @@ def show(image: np.ndarray, labels: np.ndarray, title: str, seed: int = 0) -> bo
 
     backend = plt.get_backend()
     if backend.lower() not in backend_registry.list_builtin(BackendFilter.INTERACTIVE):
-        print(f"--show: no display available (matplotlib backend '{backend}'), not showing "
-              f"{title}; the images are saved in --out", file=sys.stderr)
+        print(
+            f"--show: no display available (matplotlib backend '{backend}'), not showing "
+            f"{title}; the images are saved in --out",
+            file=sys.stderr,
+        )
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 6))
     axes[0].imshow(image)
@@ -297,15 +325,19 @@ def load_job(job: Job):
     if job.mask is not None:
         region = read_label_map(job.mask) > 0
         if region.shape != (h, w):
-            raise ValueError(f"mask {job.mask} is {region.shape[1]}x{region.shape[0]} (WxH) but "
-                             f"image {job.image} is {w}x{h}")
+            raise ValueError(
+                f"mask {job.mask} is {region.shape[1]}x{region.shape[0]} (WxH) but "
+                f"image {job.image} is {w}x{h}"
+            )
         if not region.any():
             raise ValueError(f"mask {job.mask} is empty: it marks no pixel to segment")
     if job.gt is not None:
         gt = read_label_map(job.gt)
         if gt.shape != (h, w):
-            raise ValueError(f"ground truth {job.gt} is {gt.shape[1]}x{gt.shape[0]} (WxH) but "
-                             f"image {job.image} is {w}x{h}")
+            raise ValueError(
+                f"ground truth {job.gt} is {gt.shape[1]}x{gt.shape[0]} (WxH) but "
+                f"image {job.image} is {w}x{h}"
+            )
     return image, region, gt
 
 
@@ -329,8 +361,9 @@ def find_jobs(args, parser) -> list[Job]:
         for what, path in (("mask", args.mask), ("ground truth", args.gt)):
             if path is not None and not Path(path).is_file():
                 parser.error(f"{what} {path} does not exist")
-        return [Job(src, Path(args.mask) if args.mask else None,
-                    Path(args.gt) if args.gt else None)]
+        return [
+            Job(src, Path(args.mask) if args.mask else None, Path(args.gt) if args.gt else None)
+        ]
 
     if args.mask is not None:
         parser.error("IMAGE is a folder: give its masks as --masks DIR, not MASK")
@@ -344,14 +377,18 @@ def find_jobs(args, parser) -> list[Job]:
         dirs[flag] = by_stem(Path(value)) if value is not None else None
     stems = [p.stem for p in images]
     for stem in {s for s in stems if stems.count(s) > 1}:
-        print(f"warning: several images share the stem '{stem}': their outputs overwrite each "
-              "other", file=sys.stderr)
+        print(
+            f"warning: several images share the stem '{stem}': their outputs overwrite each other",
+            file=sys.stderr,
+        )
     jobs = []
     for p in images:
         mask = dirs["--masks"].get(p.stem) if dirs["--masks"] is not None else None
         if dirs["--masks"] is not None and mask is None:
-            print(f"note: no mask for {p.name} in {args.masks}: segmenting the whole image",
-                  file=sys.stderr)
+            print(
+                f"note: no mask for {p.name} in {args.masks}: segmenting the whole image",
+                file=sys.stderr,
+            )
         gt = dirs["--gt"].get(p.stem) if dirs["--gt"] is not None else None
         if dirs["--gt"] is not None and gt is None:
             print(f"note: no ground truth for {p.name} in {args.gt}: not scored", file=sys.stderr)
@@ -376,8 +413,9 @@ def pick_model(args, parser) -> str:
     if args.checkpoint and args.checkpoint.lower() != "none" and Path(args.checkpoint).is_file():
         stored = model_name_in(args.checkpoint)
     if args.model and stored and args.model != stored:
-        parser.error(f"--checkpoint {args.checkpoint} was trained with --model {stored}, "
-                     f"not {args.model}")
+        parser.error(
+            f"--checkpoint {args.checkpoint} was trained with --model {stored}, not {args.model}"
+        )
     return args.model or stored or "small"
 
 
@@ -409,29 +447,52 @@ def fraction(s: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("image", help="an image file, or a folder of images")
-    p.add_argument("mask", nargs="?", help="region to segment (non-zero = inside); "
-                   "default: the whole image")
+    p.add_argument(
+        "mask", nargs="?", help="region to segment (non-zero = inside); default: the whole image"
+    )
     p.add_argument("--masks", help="folder mode: region masks matched to images by file stem")
-    p.add_argument("--gt", help="ground-truth label PNG (LabPics instance PNGs too) to score "
-                   "against; a folder matched by stem in folder mode")
-    p.add_argument("--checkpoint", help="model.pt from train.py, an official SAM 2 checkpoint, "
-                   "or 'none' (random weights); default: official weights, downloaded once")
-    p.add_argument("--model", choices=list(MODELS), help="SAM 2 size; default: the one stored "
-                   "in --checkpoint, else small")
+    p.add_argument(
+        "--gt",
+        help="ground-truth label PNG (LabPics instance PNGs too) to score "
+        "against; a folder matched by stem in folder mode",
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="model.pt from train.py, an official SAM 2 checkpoint, "
+        "or 'none' (random weights); default: official weights, downloaded once",
+    )
+    p.add_argument(
+        "--model",
+        choices=list(MODELS),
+        help="SAM 2 size; default: the one stored in --checkpoint, else small",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--points", type=positive_int, default=30,
-                   help="random clicks inside the region per image")
-    p.add_argument("--grid", type=positive_int, help="click a regular KxK grid over the image "
-                   "instead (points outside the region dropped)")
+    p.add_argument(
+        "--points", type=positive_int, default=30, help="random clicks inside the region per image"
+    )
+    p.add_argument(
+        "--grid",
+        type=positive_int,
+        help="click a regular KxK grid over the image instead (points outside the region dropped)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random points and colours")
-    p.add_argument("--overlap", type=fraction, default=0.15, help="skip a mask when more than "
-                   "this share of it is already taken by better-scored masks")
+    p.add_argument(
+        "--overlap",
+        type=fraction,
+        default=0.15,
+        help="skip a mask when more than this share of it is already taken by better-scored masks",
+    )
     p.add_argument("--min-score", type=float, help="skip masks SAM scores below this")
-    p.add_argument("--batch-points", type=positive_int, default=64,
-                   help="points per decoder call (lower it if memory runs out)")
+    p.add_argument(
+        "--batch-points",
+        type=positive_int,
+        default=64,
+        help="points per decoder call (lower it if memory runs out)",
+    )
     p.add_argument("--out", default="out", help="output folder")
     p.add_argument("--show", action="store_true", help="show each result in a matplotlib window")
     return p
@@ -457,9 +518,14 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as e:
         parser.error(str(e))
 
-    opts = {"points": args.points, "grid": args.grid, "seed": args.seed,
-            "overlap": args.overlap, "min_score": args.min_score,
-            "batch_points": args.batch_points}
+    opts = {
+        "points": args.points,
+        "grid": args.grid,
+        "seed": args.seed,
+        "overlap": args.overlap,
+        "min_score": args.min_score,
+        "batch_points": args.batch_points,
+    }
     failed, written, scores = [], [], []
     writes: deque[tuple[Job, Future]] = deque()
 
@@ -482,8 +548,9 @@ def main(argv: list[str] | None = None) -> int:
                 tqdm.write(f"warning: skipped {job.image}: {e}", file=sys.stderr)
                 continue
             # PNG encoding runs beside the next image's model work; a few pending at most
-            writes.append((job, writer.submit(save_outputs, out, job.image.stem, image, labels,
-                                              args.seed)))
+            writes.append(
+                (job, writer.submit(save_outputs, out, job.image.stem, image, labels, args.seed))
+            )
             while len(writes) > 2:
                 finish(*writes.popleft())
             if gt is not None:
@@ -499,13 +566,17 @@ def main(argv: list[str] | None = None) -> int:
         ok = [s for s in scores if s["n_gt"] > 0]
         if ok:
             mean = {k: float(np.mean([s[k] for s in ok])) for k in ("mean_best_iou", "matched_50")}
-            print(f"mean over {len(ok)} images: mean best IoU {mean['mean_best_iou']:.3f}, "
-                  f"matched at IoU>=0.5 {mean['matched_50']:.1%}")
+            print(
+                f"mean over {len(ok)} images: mean best IoU {mean['mean_best_iou']:.3f}, "
+                f"matched at IoU>=0.5 {mean['matched_50']:.1%}"
+            )
     if len(failed) == len(jobs):
         print(f"error: no image could be segmented ({len(failed)} failed)", file=sys.stderr)
         return 1
-    print(f"wrote {3 * len(written)} files for {len(written)} image(s) to {out}"
-          + (f"; {len(failed)} failed" if failed else ""))
+    print(
+        f"wrote {3 * len(written)} files for {len(written)} image(s) to {out}"
+        + (f"; {len(failed)} failed" if failed else "")
+    )
     return 0
 
 

@@ -129,8 +129,14 @@ def download(url: str, dest: Path, progress: bool = True) -> Path:
     try:
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=30) as r:
             total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
-                      disable=not progress, file=sys.stderr) as bar:
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc=dest.name,
+                disable=not progress,
+                file=sys.stderr,
+            ) as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))
@@ -198,12 +204,21 @@ def check_fits(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, 
     own = module.state_dict()
     missing = [k for k in own if k not in sd] if strict else []
     unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
-             for k in sd if k in own and sd[k].shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sd
+        if k in own and sd[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
-        parts = [f"{len(x)} {name} (e.g. {', '.join(x[:3])})"
-                 for name, x in (("missing", missing), ("unexpected", unexpected),
-                                 ("wrong-shape", wrong)) if x]
+        parts = [
+            f"{len(x)} {name} (e.g. {', '.join(x[:3])})"
+            for name, x in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong-shape", wrong),
+            )
+            if x
+        ]
         raise CheckpointError(f"{what} does not fit: " + "; ".join(parts))
 
 
@@ -221,7 +236,9 @@ def load_model(model: str = "small", checkpoint: str | None = None, device="cpu"
     if path is None:
         warnings.warn(
             f"SAM 2 '{model}' has RANDOM weights (--checkpoint none): masks will be meaningless "
-            "until trained. Use this only for tests and offline demos.", stacklevel=2)
+            "until trained. Use this only for tests and offline demos.",
+            stacklevel=2,
+        )
     else:
         sd = read_state_dict(path)
         check_fits(sam, sd, f"checkpoint {path} for model '{model}'")
@@ -259,8 +276,9 @@ def preprocess(images: list[np.ndarray], size: int, device) -> torch.Tensor:
             raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {img.dtype} {img.shape}")
         x = torch.from_numpy(np.ascontiguousarray(img)).to(device, non_blocking=True)
         x = x.permute(2, 0, 1)[None].float().div_(255)
-        out.append(F.interpolate(x, (size, size), mode="bilinear", align_corners=False,
-                                 antialias=True))
+        out.append(
+            F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=True)
+        )
     x = torch.cat(out)
     mean = torch.tensor(PIXEL_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(PIXEL_STD, device=device).view(1, 3, 1, 1)
@@ -277,15 +295,21 @@ def encode_images(sam, images: list[np.ndarray] | torch.Tensor) -> Features:
     device = next(sam.parameters()).device
     x = images if torch.is_tensor(images) else preprocess(images, sam.image_size, device)
     out = sam.forward_image(x)
-    maps = out["backbone_fpn"][-sam.num_feature_levels:]
+    maps = out["backbone_fpn"][-sam.num_feature_levels :]
     embed = maps[-1]
     if sam.directly_add_no_mem_embed:
         embed = embed + sam.no_mem_embed.view(1, -1, 1, 1)
     return Features(embed, list(maps[:-1]))
 
 
-def predict_logits(sam, feats: Features, img_idx: torch.Tensor, points: torch.Tensor,
-                   sizes: torch.Tensor, multimask: bool = True):
+def predict_logits(
+    sam,
+    feats: Features,
+    img_idx: torch.Tensor,
+    points: torch.Tensor,
+    sizes: torch.Tensor,
+    multimask: bool = True,
+):
     """Decode one point prompt per row, each against its own image.
 
     feats: features of B images; img_idx: (M,) long, the image of each prompt;
@@ -296,8 +320,7 @@ def predict_logits(sam, feats: Features, img_idx: torch.Tensor, points: torch.Te
     hw = sizes.to(points)[img_idx]  # (M, 2) as (H, W)
     coords = points / hw.flip(1) * sam.image_size
     labels = torch.ones(len(points), 1, dtype=torch.int, device=points.device)
-    sparse, dense = sam.sam_prompt_encoder(points=(coords[:, None], labels), boxes=None,
-                                           masks=None)
+    sparse, dense = sam.sam_prompt_encoder(points=(coords[:, None], labels), boxes=None, masks=None)
     per_prompt = feats.index(img_idx)
     low_res, scores, _, _ = sam.sam_mask_decoder(
         image_embeddings=per_prompt.image_embed,

@@ -84,7 +84,7 @@ HELP = {
     "out": "output folder (checkpoint.pt, model.pt, best.pt, log.csv, curves.png)",
     "model": f"SAM 2 size: {', '.join(MODELS)}",
     "checkpoint": "base weights file; default: official weights (downloaded if missing); "
-                  "'none' = random init",
+    "'none' = random init",
     "steps": "total optimizer steps (a resumed run continues up to this)",
     "batch_size": "images per step",
     "max_masks": "at most this many masks per image per step (random subset)",
@@ -108,14 +108,24 @@ HELP = {
 }
 
 # --demo: small enough to finish in a few minutes on a 2-core CPU
-DEMO = {"data": "demo_data", "out": "runs/demo", "model": "tiny", "steps": 40, "batch_size": 2,
-        "max_masks": 4, "eval_every": 20, "save_every": 20, "log_every": 5}
+DEMO = {
+    "data": "demo_data",
+    "out": "runs/demo",
+    "model": "tiny",
+    "steps": 40,
+    "batch_size": 2,
+    "max_masks": 4,
+    "eval_every": 20,
+    "save_every": 20,
+    "log_every": 5,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
     """Command line -> Config (kebab-case flags; defaults mirror the article)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     given = set()
 
     class Mark(argparse.Action):  # remembers which flags were typed, so --demo fills the rest
@@ -143,8 +153,15 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 def check_config(cfg: Config) -> None:
     """Raise ValueError naming the flag and value for anything out of range."""
-    for name in ("steps", "batch_size", "max_masks", "save_every", "log_every", "max_side",
-                 "encode_batch"):
+    for name in (
+        "steps",
+        "batch_size",
+        "max_masks",
+        "save_every",
+        "log_every",
+        "max_side",
+        "encode_batch",
+    ):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     for name in ("eval_every", "workers", "min_area", "weight_decay", "score_weight"):
@@ -161,6 +178,7 @@ def check_config(cfg: Config) -> None:
 
 
 # ----------------------------------------------------------------------------- distributed
+
 
 def setup_distributed(device_flag: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device). Under torchrun: one process per GPU (NCCL) or CPU (gloo)."""
@@ -185,6 +203,7 @@ def all_sum(values: list[float], device: torch.device, world: int) -> list[float
 
 # ----------------------------------------------------------------------------- data + cache
 
+
 @dataclass
 class Item:
     """One image ready for the decoder: features (1 image), its masks (N, H, W) bool, fixed
@@ -200,10 +219,15 @@ def loader(dataset, indices: list[int], cfg: Config, batch: int):
     """Batches of (index, Sample | None) in `indices` order, decoded in worker processes."""
     sub = torch.utils.data.Subset(dataset, indices)
     return zip(
-        (indices[i:i + batch] for i in range(0, len(indices), batch)),
-        torch.utils.data.DataLoader(sub, batch_size=batch, num_workers=cfg.workers,
-                                    collate_fn=list, persistent_workers=False,
-                                    pin_memory=False),
+        (indices[i : i + batch] for i in range(0, len(indices), batch)),
+        torch.utils.data.DataLoader(
+            sub,
+            batch_size=batch,
+            num_workers=cfg.workers,
+            collate_fn=list,
+            persistent_workers=False,
+            pin_memory=False,
+        ),
     )
 
 
@@ -213,8 +237,14 @@ def encode_samples(sam, samples: list[data.Sample], device, store, dtype) -> lis
     items = []
     for i, s in enumerate(samples):
         f = feats.index([i]).to(store, dtype=dtype)
-        items.append(Item(f, torch.from_numpy(s.masks).to(store),
-                          torch.from_numpy(s.points).to(store), s.image.shape[:2]))
+        items.append(
+            Item(
+                f,
+                torch.from_numpy(s.masks).to(store),
+                torch.from_numpy(s.points).to(store),
+                s.image.shape[:2],
+            )
+        )
     return items
 
 
@@ -230,8 +260,10 @@ def choose_cache(cfg: Config, device: torch.device, n_images: int, per_image: in
     avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if need < 0.5 * avail:
         return "cpu"
-    warnings.warn(f"feature cache would need {need / 2**30:.1f} GiB: running without it "
-                  "(every step runs the image encoder)")
+    warnings.warn(
+        f"feature cache would need {need / 2**30:.1f} GiB: running without it "
+        "(every step runs the image encoder)"
+    )
     return "off"
 
 
@@ -258,8 +290,11 @@ class ImageStore:
             with torch.no_grad(), autocast(device):
                 items = encode_samples(sam, [s for _, s in keep], device, device, self.dtype)
             if self.mode is None:
-                per_image = sum(t.numel() * t.element_size() for it in items for t in
-                                [it.feats.image_embed, *it.feats.high_res, it.masks]) / len(items)
+                per_image = sum(
+                    t.numel() * t.element_size()
+                    for it in items
+                    for t in [it.feats.image_embed, *it.feats.high_res, it.masks]
+                ) / len(items)
                 self.mode = choose_cache(cfg, device, len(indices), int(1.5 * per_image))
                 if self.mode == "off":
                     continue
@@ -267,15 +302,22 @@ class ImageStore:
             for i, it in zip([i for i, _ in keep], items):
                 it = Item(it.feats.to(store), it.masks.to(store), it.points.to(store), it.hw)
                 if store.type == "cpu" and device.type == "cuda":  # pinned: async uploads
-                    it = Item(it.feats.pin_memory(), it.masks.pin_memory(),
-                              it.points.pin_memory(), it.hw)
+                    it = Item(
+                        it.feats.pin_memory(), it.masks.pin_memory(), it.points.pin_memory(), it.hw
+                    )
                 self.items[i] = it
         self.mode = self.mode or "off"
 
     def _batches(self, indices, rank):
         from tqdm import tqdm
-        bar = tqdm(total=len(indices), desc="reading + encoding", disable=rank != 0,
-                   file=sys.stderr, leave=False)
+
+        bar = tqdm(
+            total=len(indices),
+            desc="reading + encoding",
+            disable=rank != 0,
+            file=sys.stderr,
+            leave=False,
+        )
         for idxs, samples in loader(self.dataset, indices, self.cfg, self.cfg.encode_batch):
             bar.update(len(idxs))
             yield idxs, samples
@@ -290,13 +332,18 @@ class ImageStore:
         if not samples:
             return []
         with torch.set_grad_enabled(grad), autocast(self.device):
-            return encode_samples(self.sam, samples, self.device, self.device,
-                                  None if grad else self.dtype)
+            return encode_samples(
+                self.sam, samples, self.device, self.device, None if grad else self.dtype
+            )
 
     def _to_device(self, it: Item) -> Item:
         d = self.device
-        return Item(it.feats.to(d, non_blocking=True), it.masks.to(d, non_blocking=True),
-                    it.points.to(d, non_blocking=True), it.hw)
+        return Item(
+            it.feats.to(d, non_blocking=True),
+            it.masks.to(d, non_blocking=True),
+            it.points.to(d, non_blocking=True),
+            it.hw,
+        )
 
 
 def batch_indices(step: int, valid: list[int], batch_size: int, seed: int) -> list[int]:
@@ -313,6 +360,7 @@ def batch_indices(step: int, valid: list[int], batch_size: int, seed: int) -> li
 
 
 # ----------------------------------------------------------------------------- model + loss
+
 
 class PromptDecoder(torch.nn.Module):
     """SAM 2's prompt encoder + mask decoder as one module, so DDP wraps exactly what trains."""
@@ -344,8 +392,9 @@ def prompts(items: list[Item], max_masks: int, gen: torch.Generator):
     return feats, torch.cat(idx), torch.cat(pts), sizes, gts
 
 
-def compute_loss(low_res: torch.Tensor, scores: torch.Tensor, gts: list[torch.Tensor],
-                 score_weight: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_loss(
+    low_res: torch.Tensor, scores: torch.Tensor, gts: list[torch.Tensor], score_weight: float = 0.05
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The article's loss, averaged over the images of a batch.
 
     low_res: (M, C, 256, 256) logits and scores (M, C) for the M prompts, grouped by image in
@@ -356,7 +405,7 @@ def compute_loss(low_res: torch.Tensor, scores: torch.Tensor, gts: list[torch.Te
     losses, ious, start = [], [], 0
     for gt in gts:
         n = len(gt)
-        logits = upscale_logits(low_res[start:start + n, :1], gt.shape[-2:])[:, 0]
+        logits = upscale_logits(low_res[start : start + n, :1], gt.shape[-2:])[:, 0]
         target = gt.to(logits.dtype)
         seg = F.binary_cross_entropy_with_logits(logits, target)
         with torch.no_grad():
@@ -364,15 +413,23 @@ def compute_loss(low_res: torch.Tensor, scores: torch.Tensor, gts: list[torch.Te
             inter = (pred & gt).flatten(1).sum(1)
             union = (pred | gt).flatten(1).sum(1)
             iou = inter / union.clamp(min=1)
-        score = (scores[start:start + n, 0].float() - iou).abs().mean()
+        score = (scores[start : start + n, 0].float() - iou).abs().mean()
         losses.append(seg + score_weight * score)
         ious.append(iou)
         start += n
     return torch.stack(losses).mean(), torch.cat(ious)
 
 
-def train_step(decoder, sam, items: list[Item], opt, scaler, gen: torch.Generator, cfg: Config,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    decoder,
+    sam,
+    items: list[Item],
+    opt,
+    scaler,
+    gen: torch.Generator,
+    cfg: Config,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on `items`. Returns (loss, iou per mask), still on the device.
     A non-finite loss skips the update (the caller counts these)."""
     feats, img_idx, pts, sizes, gts = prompts(items, cfg.max_masks, gen)
@@ -401,13 +458,17 @@ def evaluate(sam, store: ImageStore, device, world: int, chunk: int = 64) -> flo
         (it,) = store.get([i])
         n = len(it.masks)
         for s in range(0, n, chunk):
-            pts = it.points[s:s + chunk].float()
+            pts = it.points[s : s + chunk].float()
             with autocast(device):
-                low_res, _ = predict_logits(sam, it.feats, torch.zeros(len(pts), dtype=torch.long,
-                                            device=device), pts,
-                                            torch.tensor([it.hw], device=device))
+                low_res, _ = predict_logits(
+                    sam,
+                    it.feats,
+                    torch.zeros(len(pts), dtype=torch.long, device=device),
+                    pts,
+                    torch.tensor([it.hw], device=device),
+                )
             pred = upscale_logits(low_res[:, :1], it.hw)[:, 0] > 0
-            gt = it.masks[s:s + chunk]
+            gt = it.masks[s : s + chunk]
             inter = (pred & gt).flatten(1).sum(1)
             union = (pred | gt).flatten(1).sum(1).clamp(min=1)
             total += (inter / union).sum().item()
@@ -417,6 +478,7 @@ def evaluate(sam, store: ImageStore, device, world: int, chunk: int = 64) -> flo
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
 
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary file in the same folder, then os.replace: a crash mid-write
@@ -434,9 +496,11 @@ def save_atomic(obj, path: Path) -> None:
         raise
 
 
-def save_checkpoint(out: Path, sam, opt, scaler, step: int, cfg: Config, gen, extra: dict,
-                    best: bool = False) -> None:
-    """checkpoint.pt (resumable) and model.pt (SAM 2 format); best.pt too when `best`."""
+def save_checkpoint(
+    out: Path, sam, opt, scaler, step: int, cfg: Config, gen, extra: dict, best: bool = False
+) -> None:
+    """checkpoint.pt (resumable) and model.pt (SAM 2 format); best.pt too when `best`.
+    `extra` (best/first val IoU, running means, seconds so far) goes into checkpoint.pt."""
     sd = {k: v.detach().cpu() for k, v in sam.state_dict().items()}
     bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
@@ -445,9 +509,17 @@ def save_checkpoint(out: Path, sam, opt, scaler, step: int, cfg: Config, gen, ex
     save_atomic({"model": sd, **meta}, out / "model.pt")
     if best:
         save_atomic({"model": sd, **meta}, out / "best.pt")
-    save_atomic({"model": sd, **meta, "optimizer": opt.state_dict(),
-                 "scaler": scaler.state_dict(), "gen_state": gen.get_state(), **extra},
-                out / "checkpoint.pt")
+    save_atomic(
+        {
+            "model": sd,
+            **meta,
+            "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict(),
+            "gen_state": gen.get_state(),
+            **extra,
+        },
+        out / "checkpoint.pt",
+    )
 
 
 def load_checkpoint(path: Path, sam, opt, scaler, gen) -> dict:
@@ -517,14 +589,17 @@ def plot_curves(log_path: Path, png: Path) -> None:
 
 # ----------------------------------------------------------------------------- main
 
+
 def demo_checkpoint(cfg: Config) -> str | None:
     """--demo: the official weights if present or downloadable, else random init."""
     try:
         resolve_checkpoint(cfg.model, cfg.checkpoint)
         return cfg.checkpoint
     except CheckpointError as e:
-        warnings.warn(f"{e}\n--demo goes on with RANDOM weights: the curves show the loop "
-                      "works, not what fine-tuning real SAM 2 weights gives.")
+        warnings.warn(
+            f"{e}\n--demo goes on with RANDOM weights: the curves show the loop "
+            "works, not what fine-tuning real SAM 2 weights gives."
+        )
         return "none"
 
 
@@ -538,10 +613,16 @@ def train(cfg: Config) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     ck_path = out / "checkpoint.pt"
     if ck_path.exists() and not cfg.resume:
-        raise SystemExit(f"{ck_path} exists: pass --resume to continue that run, or choose "
-                         "another --out (nothing was overwritten)")
+        raise SystemExit(
+            f"{ck_path} exists: pass --resume to continue that run, or choose "
+            "another --out (nothing was overwritten)"
+        )
     if cfg.resume and ck_path.exists():
-        saved = torch.load(ck_path, map_location="cpu", weights_only=True, mmap=True)["config"]
+        try:
+            saved = torch.load(ck_path, map_location="cpu", weights_only=True, mmap=True)
+            saved = saved["config"]
+        except Exception as e:  # torch raises many types for a corrupt or foreign file
+            raise CheckpointError(f"cannot resume from {ck_path}: {e}") from None
         if saved["model"] != cfg.model:
             raise SystemExit(f"{ck_path} is a '{saved['model']}' run, not --model {cfg.model}")
     if cfg.demo:
@@ -558,46 +639,60 @@ def train(cfg: Config) -> dict:
     sam.train()
     if not cfg.train_encoder:
         sam.image_encoder.eval()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=device.type == "cuda")
+    opt = torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
+    )
     fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     gen = torch.Generator(device).manual_seed(cfg.seed + 1000 * rank)
     step, best_iou, first_iou = 0, -1.0, None
+    run_loss, run_iou, secs_before = 0.0, 0.0, 0.0  # running means and time of earlier runs
     if cfg.resume and ck_path.exists():
         ck = load_checkpoint(ck_path, sam, opt, scaler, gen)
         step, best_iou, first_iou = ck["step"], ck["best_iou"], ck["first_iou"]
+        # so a resumed run logs the same curve, and the same clock, as an uninterrupted one
+        run_loss, run_iou = ck.get("run_loss", 0.0), ck.get("run_iou", 0.0)
+        secs_before = ck.get("seconds", 0.0)
         if rank == 0:
             print(f"resuming {ck_path} at step {step} of {cfg.steps}", file=sys.stderr)
     elif cfg.resume and rank == 0:
         print(f"--resume: no {ck_path} yet, starting from step 0", file=sys.stderr)
     if step >= cfg.steps:
         if rank == 0:
-            print(f"{ck_path} is already at step {step} (--steps {cfg.steps}): nothing to do. "
-                  f"val IoU at step 0: {first_iou:.4f} -> best {best_iou:.4f}", file=sys.stderr)
+            print(
+                f"{ck_path} is already at step {step} (--steps {cfg.steps}): nothing to do. "
+                f"val IoU at step 0: {first_iou:.4f} -> best {best_iou:.4f}",
+                file=sys.stderr,
+            )
         return {"step": step, "first_iou": first_iou, "best_iou": best_iou, "out": str(out)}
     decoder = PromptDecoder(sam)
     if world > 1:
         decoder = torch.nn.parallel.DistributedDataParallel(decoder, find_unused_parameters=True)
 
-    train_set = data.load_split(cfg.data, "train", cfg.max_side, cfg.min_area, cfg.seed,
-                                cfg.complex)
+    train_set = data.load_split(
+        cfg.data, "train", cfg.max_side, cfg.min_area, cfg.seed, cfg.complex
+    )
     try:
-        val_set = data.load_split(cfg.data, "test", cfg.max_side, cfg.min_area, cfg.seed,
-                                  cfg.complex)
+        val_set = data.load_split(
+            cfg.data, "test", cfg.max_side, cfg.min_area, cfg.seed, cfg.complex
+        )
     except data.DataError as e:
         warnings.warn(f"no validation images ({e}): val IoU will not be measured")
         val_set = data.SegDataset([])
     shard = list(range(rank, len(train_set), world))
     train_store = ImageStore(train_set, shard, cfg, sam, device, rank)
-    val_store = ImageStore(val_set, list(range(rank, len(val_set), world)), cfg, sam, device,
-                           rank)
+    val_store = ImageStore(val_set, list(range(rank, len(val_set), world)), cfg, sam, device, rank)
     if not train_store.valid:
-        raise SystemExit(f"no usable training images in {cfg.data} for rank {rank} "
-                         f"(of {world}): every image was unreadable or had no instances")
+        raise SystemExit(
+            f"no usable training images in {cfg.data} for rank {rank} "
+            f"(of {world}): every image was unreadable or had no instances"
+        )
     if rank == 0:
-        print(f"{len(train_set)} train / {len(val_set)} val images; feature cache: "
-              f"{train_store.mode}; device {device}, {world} process(es)", file=sys.stderr)
+        print(
+            f"{len(train_set)} train / {len(val_set)} val images; feature cache: "
+            f"{train_store.mode}; device {device}, {world} process(es)",
+            file=sys.stderr,
+        )
 
     def run_eval():
         sam.eval()
@@ -609,20 +704,30 @@ def train(cfg: Config) -> dict:
 
     log_f, log = open_log(out / "log.csv", step) if rank == 0 else (None, None)
     t0 = time.time()
+
+    def run_state() -> dict:
+        return {
+            "best_iou": best_iou,
+            "first_iou": first_iou,
+            "run_loss": run_loss,
+            "run_iou": run_iou,
+            "seconds": secs_before + time.time() - t0,
+        }
+
     if step == 0:
         first_iou = best_iou = run_eval()
         if rank == 0:  # the base model is the best so far: best.pt never is worse than it
-            log.writerow({"step": 0, "val_iou": f"{first_iou:.4f}", "lr": cfg.lr,
-                          "seconds": 0.0})
+            log.writerow({"step": 0, "val_iou": f"{first_iou:.4f}", "lr": cfg.lr, "seconds": 0.0})
             log_f.flush()
-            save_checkpoint(out, sam, opt, scaler, 0, cfg, gen,
-                            {"best_iou": best_iou, "first_iou": first_iou}, best=True)
-    bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, file=sys.stderr,
-               dynamic_ncols=True)
-    bad_steps, run_loss, run_iou, masks_seen = 0, 0.0, 0.0, 0
+            save_checkpoint(out, sam, opt, scaler, 0, cfg, gen, run_state(), best=True)
+    bar = tqdm(
+        total=cfg.steps, initial=step, disable=rank != 0, file=sys.stderr, dynamic_ncols=True
+    )
+    bad_steps, masks_seen = 0, 0
     while step < cfg.steps:
-        items = train_store.get(batch_indices(step, train_store.valid, cfg.batch_size,
-                                              cfg.seed), grad=cfg.train_encoder)
+        items = train_store.get(
+            batch_indices(step, train_store.valid, cfg.batch_size, cfg.seed), grad=cfg.train_encoder
+        )
         if not items:  # only if files changed since the first pass
             step += 1
             bar.update(1)
@@ -633,8 +738,10 @@ def train(cfg: Config) -> dict:
             bad_steps += 1
             warnings.warn(f"step {step}: non-finite loss, update skipped")
             if bad_steps >= 5:
-                raise SystemExit(f"{bad_steps} non-finite losses in a row at step {step}: "
-                                 "stopping (try a lower --lr); the last checkpoint is intact")
+                raise SystemExit(
+                    f"{bad_steps} non-finite losses in a row at step {step}: "
+                    "stopping (try a lower --lr); the last checkpoint is intact"
+                )
             continue
         bad_steps = 0
         masks_seen += len(iou)
@@ -649,26 +756,42 @@ def train(cfg: Config) -> dict:
             best_iou = val_iou
         if rank == 0 and (step % cfg.log_every == 0 or val_iou is not None):
             secs = time.time() - t0
-            bar.set_postfix(loss=f"{run_loss:.4f}", iou=f"{run_iou:.3f}",
-                            masks_s=f"{masks_seen / max(secs, 1e-9):.0f}")
-            log.writerow({"step": step, "loss": f"{run_loss:.5f}", "train_iou": f"{run_iou:.4f}",
-                          "val_iou": "" if val_iou is None else f"{val_iou:.4f}",
-                          "lr": opt.param_groups[0]["lr"], "seconds": f"{secs:.1f}"})
+            bar.set_postfix(
+                loss=f"{run_loss:.4f}",
+                iou=f"{run_iou:.3f}",
+                masks_s=f"{masks_seen / max(secs, 1e-9):.0f}",
+            )
+            log.writerow(
+                {
+                    "step": step,
+                    "loss": f"{run_loss:.5f}",
+                    "train_iou": f"{run_iou:.4f}",
+                    "val_iou": "" if val_iou is None else f"{val_iou:.4f}",
+                    "lr": opt.param_groups[0]["lr"],
+                    "seconds": f"{secs_before + secs:.1f}",
+                }
+            )
             log_f.flush()
         if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps or is_best):
-            save_checkpoint(out, sam, opt, scaler, step, cfg, gen,
-                            {"best_iou": best_iou, "first_iou": first_iou}, best=is_best)
+            save_checkpoint(out, sam, opt, scaler, step, cfg, gen, run_state(), best=is_best)
     bar.close()
     if world > 1:
         check_replicas(sam, device)
-    summary = {"step": step, "first_iou": first_iou, "best_iou": best_iou, "out": str(out),
-               "model": sam}
+    summary = {
+        "step": step,
+        "first_iou": first_iou,
+        "best_iou": best_iou,
+        "out": str(out),
+        "model": sam,
+    }
     if rank == 0:
         log_f.close()
         plot_curves(out / "log.csv", out / "curves.png")
-        print(f"done: {step} steps. val IoU at step 0: {first_iou:.4f} -> best {best_iou:.4f}. "
-              f"Files: {out / 'model.pt'} (final), {out / 'best.pt'} (best val), "
-              f"{ck_path} (resume), {out / 'log.csv'}, {out / 'curves.png'}")
+        print(
+            f"done: {step} steps. val IoU at step 0: {first_iou:.4f} -> best {best_iou:.4f}. "
+            f"Files: {out / 'model.pt'} (final), {out / 'best.pt'} (best val), "
+            f"{ck_path} (resume), {out / 'log.csv'}, {out / 'curves.png'}"
+        )
     if world > 1:
         dist.destroy_process_group()
     return summary

@@ -6,8 +6,23 @@ import math
 
 import bench
 
-MINIMAL = ["--quick", "--device", "cpu", "--images", "2", "--steps", "1", "--warmup", "0",
-           "--max-masks", "2", "--infer-images", "1", "--points", "4"]
+MINIMAL = [
+    "--quick",
+    "--device",
+    "cpu",
+    "--images",
+    "2",
+    "--steps",
+    "1",
+    "--warmup",
+    "0",
+    "--max-masks",
+    "2",
+    "--infer-images",
+    "1",
+    "--points",
+    "4",
+]
 
 
 def positive(x) -> bool:
@@ -18,18 +33,32 @@ def test_bench_minimal(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench.main([*MINIMAL, "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    for label in ("steady state masks/s", "first epoch masks/s", "s/image", "fp32",
-                  "peak GPU memory", "ours/article"):
+    for label in (
+        "steady state masks/s",
+        "first epoch masks/s",
+        "s/image",
+        "fp32",
+        "peak GPU memory",
+        "ours/article",
+    ):
         assert label in printed, label
 
     r = json.loads(out.read_text())
     assert r["model"] == "tiny" and r["images"] == 2 and r["device"].startswith("cpu")
     tr, inf = r["train"], r["infer"]
-    for v in (tr["article"]["masks_per_s"], tr["article"]["s_per_step"],
-              tr["ours"]["masks_per_s"], tr["ours"]["s_per_step"],
-              tr["ours"]["first_epoch_masks_per_s"], tr["ratio"], tr["ratio_first_epoch"],
-              inf["article"]["s_per_image"], inf["ours"]["s_per_image"], inf["ratio"],
-              r["max_rss_gib"]):
+    for v in (
+        tr["article"]["masks_per_s"],
+        tr["article"]["s_per_step"],
+        tr["ours"]["masks_per_s"],
+        tr["ours"]["s_per_step"],
+        tr["ours"]["first_epoch_masks_per_s"],
+        tr["ratio"],
+        tr["ratio_first_epoch"],
+        inf["article"]["s_per_image"],
+        inf["ours"]["s_per_image"],
+        inf["ratio"],
+        r["max_rss_gib"],
+    ):
         assert positive(v), v
     assert tr["ours"]["peak_gib"] is None  # no GPU figure on the CPU
 

@@ -1,6 +1,6 @@
 """Tests for data.py: readers, splits, samples, bad inputs, demo data and CLI.
 
-    python -m pytest -q tests/test_data.py
+python -m pytest -q tests/test_data.py
 """
 
 import json
@@ -38,7 +38,7 @@ def blocks_label(h: int, w: int, n: int) -> np.ndarray:
     per_row = w // 2
     for k in range(n):
         r, c = divmod(k, per_row)
-        lab[2 * r:2 * r + 2, 2 * c:2 * c + 2] = k + 1
+        lab[2 * r : 2 * r + 2, 2 * c : 2 * c + 2] = k + 1
     return lab
 
 
@@ -198,17 +198,31 @@ def coco_fixture(tmp_path: Path, h: int = 12, w: int = 16) -> tuple[Path, list[n
     poly = np.zeros((h, w), bool)
     poly[1:4, 6:12] = True  # fillPoly includes the vertices' pixels
     anns = [
-        {"id": 1, "image_id": 1, "iscrowd": 0,
-         "segmentation": [[6, 1, 11, 1, 11, 3, 6, 3]]},
-        {"id": 2, "image_id": 1, "iscrowd": 0,
-         "segmentation": {"size": [h, w], "counts": rle_counts(rle_u)}},
-        {"id": 3, "image_id": 1, "iscrowd": 0,
-         "segmentation": {"size": [h, w], "counts": rle_encode_string(rle_counts(rle_c))}},
-        {"id": 4, "image_id": 1, "iscrowd": 1,
-         "segmentation": {"size": [h, w], "counts": rle_counts(~rle_c)}},
+        {"id": 1, "image_id": 1, "iscrowd": 0, "segmentation": [[6, 1, 11, 1, 11, 3, 6, 3]]},
+        {
+            "id": 2,
+            "image_id": 1,
+            "iscrowd": 0,
+            "segmentation": {"size": [h, w], "counts": rle_counts(rle_u)},
+        },
+        {
+            "id": 3,
+            "image_id": 1,
+            "iscrowd": 0,
+            "segmentation": {"size": [h, w], "counts": rle_encode_string(rle_counts(rle_c))},
+        },
+        {
+            "id": 4,
+            "image_id": 1,
+            "iscrowd": 1,
+            "segmentation": {"size": [h, w], "counts": rle_counts(~rle_c)},
+        },
     ]
-    js = {"images": [{"id": 1, "file_name": "a.png", "width": w, "height": h}],
-          "annotations": anns, "categories": [{"id": 1, "name": "thing"}]}
+    js = {
+        "images": [{"id": 1, "file_name": "a.png", "width": w, "height": h}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "thing"}],
+    }
     write(tmp_path / "images" / "a.png", noise_image(h, w))
     (tmp_path / "annotations").mkdir()
     path = tmp_path / "annotations" / "instances.json"
@@ -231,10 +245,13 @@ def test_coco_split_files_and_image_dir(tmp_path):
     (tmp_path / "annotations").mkdir()
     for split, names in (("train", ["t0.png", "t1.png"]), ("val", ["v0.png"])):
         ims = [{"id": i, "file_name": n, "width": 8, "height": 6} for i, n in enumerate(names)]
-        anns = [{"id": i, "image_id": i, "iscrowd": 0, "segmentation": [[1, 1, 5, 1, 5, 4]]}
-                for i in range(len(names))]
+        anns = [
+            {"id": i, "image_id": i, "iscrowd": 0, "segmentation": [[1, 1, 5, 1, 5, 4]]}
+            for i in range(len(names))
+        ]
         (tmp_path / "annotations" / f"instances_{split}2017.json").write_text(
-            json.dumps({"images": ims, "annotations": anns}))
+            json.dumps({"images": ims, "annotations": anns})
+        )
         for n in names:  # standard COCO: root/train2017/, root/val2017/
             write(tmp_path / f"{split}2017" / n, noise_image(6, 8))
     train = data.find_records(tmp_path, "train")
@@ -512,10 +529,15 @@ def test_summarize_and_cli(tmp_path, capsys):
     assert "folder layout" in capsys.readouterr().out
     assert data.main([str(tmp_path / "missing")]) == 1
     assert "missing" in capsys.readouterr().err
-    assert data.main(["--make-demo", str(tmp_path / "demo"), "--n-train", "1", "--n-test", "1"]) \
-        == 0
+    assert (
+        data.main(["--make-demo", str(tmp_path / "demo"), "--n-train", "1", "--n-test", "1"]) == 0
+    )
     assert (tmp_path / "demo/Simple/Test/Image/demo_test_000.jpg").is_file()
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(root / "data.py"), str(tmp_path / "nope")],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, str(root / "data.py"), str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and "nope" in r.stderr and "layouts looked for" in r.stderr

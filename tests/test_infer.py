@@ -110,8 +110,13 @@ def test_score_labels_gt_vs_itself_and_vs_brute_force():
     gt = rng.integers(0, 30, (60, 70))
     assert score_labels(gt, gt) == {"mean_best_iou": 1.0, "matched_50": 1.0, "n_gt": 29}
     pred = rng.integers(0, 12, (60, 70)) * 3  # ids need not be consecutive
-    best = [max(((gt == g) & (pred == p)).sum() / ((gt == g) | (pred == p)).sum()
-                for p in range(3, 36, 3)) for g in range(1, 30)]
+    best = [
+        max(
+            ((gt == g) & (pred == p)).sum() / ((gt == g) | (pred == p)).sum()
+            for p in range(3, 36, 3)
+        )
+        for g in range(1, 30)
+    ]
     s = score_labels(pred, gt)
     assert s["mean_best_iou"] == pytest.approx(np.mean(best))
     assert s["matched_50"] == pytest.approx(np.mean(np.array(best) >= 0.5))
@@ -186,7 +191,7 @@ def fake_predict(calls):
         h, w = image.shape[:2]
         masks = np.zeros((len(points), h, w), bool)
         for i, (x, y) in enumerate(points.astype(int)):
-            masks[i, max(0, y - 40):y + 40, max(0, x - 40):x + 40] = True
+            masks[i, max(0, y - 40) : y + 40, max(0, x - 40) : x + 40] = True
         return masks, np.linspace(1, 0, len(points))
 
     return predict
@@ -201,14 +206,14 @@ def test_segment_sizes_region_and_grid(monkeypatch):
     assert labels.shape == (150, 260) and labels.dtype == np.uint16
     assert (labels[~region] == 0).all() and labels.max() >= 2
     assert list(np.unique(labels)) == list(range(labels.max() + 1))  # consecutive ids
-    (shape, pts), = calls
+    ((shape, pts),) = calls
     assert shape == (591, 1024, 3)  # SAM sees the longer side at 1024
     assert len(pts) == 12
     assert np.array_equal(labels, segment(None, image, region, points=12, seed=3))
 
     calls.clear()
     segment(None, image, region, grid=8)
-    (shape, pts), = calls
+    ((shape, pts),) = calls
     work_region = infer.resize_longest(region, 1024, nearest=True)
     assert 0 < len(pts) < 64 and work_region[pts[:, 1].astype(int), pts[:, 0].astype(int)].all()
 
@@ -295,8 +300,9 @@ def test_folder_mode_gray_rgba_and_a_corrupt_file(tmp_path, shared_model, capsys
     gt[30:60, 40:160], gt[60:100, 40:160] = 1, 300
     write(gts / "gray.png", gt)
 
-    rc, stdout, stderr = run_main([images, "--masks", masks, "--gt", gts, "--out", out,
-                                   "--points", 3, "--show"], capsys)
+    rc, stdout, stderr = run_main(
+        [images, "--masks", masks, "--gt", gts, "--out", out, "--points", 3, "--show"], capsys
+    )
     assert rc == 0
     assert len(shared_model) == 1  # one model for the whole folder
     assert "bad.jpg" in stderr and "warning" in stderr
@@ -333,10 +339,29 @@ def test_real_cli_single_image_with_gt(tmp_path):
     gt[10:90, 30:120, 2] = 1
     gt[40:60, 50:80, 0] = 1  # a material inside the vessel
     gt = write(tmp_path / "gt.png", gt)
-    r = subprocess.run([sys.executable, str(ROOT / "infer.py"), str(image), str(mask),
-                        "--gt", str(gt), "--checkpoint", "none", "--model", "tiny",
-                        "--points", "3", "--device", "cpu", "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=150)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "infer.py"),
+            str(image),
+            str(mask),
+            "--gt",
+            str(gt),
+            "--checkpoint",
+            "none",
+            "--model",
+            "tiny",
+            "--points",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert r.returncode == 0, r.stderr
     assert "mean best IoU" in r.stdout and "matched at IoU>=0.5" in r.stdout
     assert "of 2 GT instances" in r.stdout
@@ -359,28 +384,32 @@ def files(tmp_path):
     }
 
 
-@pytest.mark.parametrize("case, args, expect", [
-    ("missing image", ["{tmp}/nope.jpg"], "nope.jpg"),
-    ("corrupt image", ["{corrupt}"], "c.png"),
-    ("missing mask", ["{image}", "{tmp}/nomask.png"], "nomask.png"),
-    ("corrupt mask", ["{image}", "{corrupt}"], "c.png"),
-    ("mask size", ["{image}", "{small_mask}"], "80x50"),
-    ("empty region", ["{image}", "{empty_mask}"], "empty"),
-    ("gt size", ["{image}", "--gt", "{gt_small}"], "79x60"),
-    ("out not writable", ["{image}", "--out", "{image}/sub"], "not a writable"),
-    ("points 0", ["{image}", "--points", "0"], "--points"),
-    ("grid 0", ["{image}", "--grid", "0"], "--grid"),
-    ("overlap > 1", ["{image}", "--overlap", "1.5"], "--overlap"),
-    ("overlap < 0", ["{image}", "--overlap", "-0.1"], "--overlap"),
-    ("unknown model", ["{image}", "--model", "huge"], "--model"),
-    ("masks for one image", ["{image}", "--masks", "{tmp}"], "--masks"),
-])
+@pytest.mark.parametrize(
+    "case, args, expect",
+    [
+        ("missing image", ["{tmp}/nope.jpg"], "nope.jpg"),
+        ("corrupt image", ["{corrupt}"], "c.png"),
+        ("missing mask", ["{image}", "{tmp}/nomask.png"], "nomask.png"),
+        ("corrupt mask", ["{image}", "{corrupt}"], "c.png"),
+        ("mask size", ["{image}", "{small_mask}"], "80x50"),
+        ("empty region", ["{image}", "{empty_mask}"], "empty"),
+        ("gt size", ["{image}", "--gt", "{gt_small}"], "79x60"),
+        ("out not writable", ["{image}", "--out", "{image}/sub"], "not a writable"),
+        ("points 0", ["{image}", "--points", "0"], "--points"),
+        ("grid 0", ["{image}", "--grid", "0"], "--grid"),
+        ("overlap > 1", ["{image}", "--overlap", "1.5"], "--overlap"),
+        ("overlap < 0", ["{image}", "--overlap", "-0.1"], "--overlap"),
+        ("unknown model", ["{image}", "--model", "huge"], "--model"),
+        ("masks for one image", ["{image}", "--masks", "{tmp}"], "--masks"),
+    ],
+)
 def test_cli_bad_input(case, args, expect, tmp_path, files, no_model, capsys):
     if case.startswith("corrupt"):
         files["corrupt"].write_bytes(files["corrupt"].read_bytes()[:40])  # truncated PNG
     args = [a.format(tmp=tmp_path, **files) for a in args]
-    rc, _, stderr = run_main([*args, "--out", tmp_path / "out"] if "--out" not in args else args,
-                             capsys)
+    rc, _, stderr = run_main(
+        [*args, "--out", tmp_path / "out"] if "--out" not in args else args, capsys
+    )
     assert rc == 2, case
     assert expect in stderr, stderr
     assert "Traceback" not in stderr
@@ -391,8 +420,9 @@ def test_cli_bad_input(case, args, expect, tmp_path, files, no_model, capsys):
 
 
 def test_cli_bad_checkpoint(tmp_path, files, capsys):
-    rc, _, stderr = run_main([files["image"], "--checkpoint", tmp_path / "missing.pt",
-                              "--out", tmp_path / "out"], capsys)
+    rc, _, stderr = run_main(
+        [files["image"], "--checkpoint", tmp_path / "missing.pt", "--out", tmp_path / "out"], capsys
+    )
     assert rc == 2 and "missing.pt" in stderr
 
 
@@ -412,15 +442,32 @@ def test_model_defaults_to_the_checkpoints(tmp_path):
 
 
 def test_import_has_no_side_effects():
-    r = subprocess.run([sys.executable, "-c", "import infer; print(infer.segment.__name__)"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", "import infer; print(infer.segment.__name__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and r.stdout.strip() == "segment" and r.stderr == ""
 
 
 def test_parser_help_mentions_every_flag():
     text = infer.build_parser().format_help()
-    for flag in ("--checkpoint", "--model", "--device", "--points", "--grid", "--seed",
-                 "--overlap", "--min-score", "--batch-points", "--out", "--show", "--masks",
-                 "--gt"):
+    for flag in (
+        "--checkpoint",
+        "--model",
+        "--device",
+        "--points",
+        "--grid",
+        "--seed",
+        "--overlap",
+        "--min-score",
+        "--batch-points",
+        "--out",
+        "--show",
+        "--masks",
+        "--gt",
+    ):
         assert flag in text
     assert isinstance(infer.build_parser(), argparse.ArgumentParser)

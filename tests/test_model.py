@@ -11,8 +11,16 @@ import pytest
 import torch
 
 import model
-from model import (CheckpointError, encode_images, freeze_for_finetune, load_model,
-                   predict_logits, resolve_checkpoint, resolve_device, upscale_logits)
+from model import (
+    CheckpointError,
+    encode_images,
+    freeze_for_finetune,
+    load_model,
+    predict_logits,
+    resolve_checkpoint,
+    resolve_device,
+    upscale_logits,
+)
 
 
 def test_matches_sam2_predictor(tiny_model):
@@ -20,26 +28,36 @@ def test_matches_sam2_predictor(tiny_model):
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     rng = np.random.default_rng(0)
-    imgs = [rng.integers(0, 255, (300, 400, 3), dtype=np.uint8),
-            rng.integers(0, 255, (512, 256, 3), dtype=np.uint8)]
+    imgs = [
+        rng.integers(0, 255, (300, 400, 3), dtype=np.uint8),
+        rng.integers(0, 255, (512, 256, 3), dtype=np.uint8),
+    ]
     pts = [np.array([[10.0, 20.0], [390.0, 290.0]]), np.array([[128.0, 500.0]])]
     with torch.no_grad():
         feats = encode_images(tiny_model, imgs)
         low, scores = predict_logits(
-            tiny_model, feats, torch.tensor([0, 0, 1]),
+            tiny_model,
+            feats,
+            torch.tensor([0, 0, 1]),
             torch.tensor(np.concatenate(pts), dtype=torch.float32),
-            torch.tensor([im.shape[:2] for im in imgs]))
+            torch.tensor([im.shape[:2] for im in imgs]),
+        )
         pred = SAM2ImagePredictor(tiny_model)
         start = 0
         for im, p in zip(imgs, pts):
             pred.set_image(im)
-            m, s, _ = pred.predict(point_coords=p[:, None], point_labels=np.ones((len(p), 1)),
-                                   multimask_output=True, return_logits=True)
+            m, s, _ = pred.predict(
+                point_coords=p[:, None],
+                point_labels=np.ones((len(p), 1)),
+                multimask_output=True,
+                return_logits=True,
+            )
             m = m.reshape(len(p), 3, *im.shape[:2])
-            ours = upscale_logits(low[start:start + len(p)], im.shape[:2]).numpy()
+            ours = upscale_logits(low[start : start + len(p)], im.shape[:2]).numpy()
             np.testing.assert_allclose(ours, m, atol=1e-4)
-            np.testing.assert_allclose(scores[start:start + len(p)].numpy(),
-                                       s.reshape(len(p), 3), atol=1e-5)
+            np.testing.assert_allclose(
+                scores[start : start + len(p)].numpy(), s.reshape(len(p), 3), atol=1e-5
+            )
             start += len(p)
 
 
@@ -90,8 +108,10 @@ def test_own_checkpoint_roundtrip(tmp_path, tiny_model):
     path = tmp_path / "model.pt"
     torch.save({"model": tiny_model.state_dict(), "model_name": "tiny"}, path)
     assert model.model_name_in(path) == "tiny"
-    for m in (load_model("tiny", str(path)),
-              build_sam2(model.MODELS["tiny"][0], str(path), device="cpu")):
+    for m in (
+        load_model("tiny", str(path)),
+        build_sam2(model.MODELS["tiny"][0], str(path), device="cpu"),
+    ):
         for (k, a), b in zip(tiny_model.state_dict().items(), m.state_dict().values()):
             assert torch.equal(a, b), k
 
@@ -121,17 +141,20 @@ def test_download_official_checkpoint(tmp_path, monkeypatch, tiny_model):
     cache = tmp_path / "cache"
     monkeypatch.setenv("SAM2_CHECKPOINT_DIR", str(cache))
     with _Server(served) as srv:
-        monkeypatch.setitem(model.MODELS, "tiny",
-                            (model.MODELS["tiny"][0], srv.url + "sam2.1_hiera_tiny.pt"))
+        monkeypatch.setitem(
+            model.MODELS, "tiny", (model.MODELS["tiny"][0], srv.url + "sam2.1_hiera_tiny.pt")
+        )
         path = resolve_checkpoint("tiny", None)
         assert path == cache / "sam2.1_hiera_tiny.pt"
         assert path.read_bytes() == (served / "sam2.1_hiera_tiny.pt").read_bytes()
         m = load_model("tiny", None)  # now from the cache, no second download
-        assert torch.equal(next(iter(m.state_dict().values())),
-                           next(iter(tiny_model.state_dict().values())))
+        assert torch.equal(
+            next(iter(m.state_dict().values())), next(iter(tiny_model.state_dict().values()))
+        )
 
-        monkeypatch.setitem(model.MODELS, "small",
-                            (model.MODELS["small"][0], srv.url + "missing.pt"))
+        monkeypatch.setitem(
+            model.MODELS, "small", (model.MODELS["small"][0], srv.url + "missing.pt")
+        )
         with pytest.raises(CheckpointError, match=r"(?s)missing\.pt.*put it at .*missing\.pt"):
             resolve_checkpoint("small", None)
     assert sorted(p.name for p in cache.iterdir()) == ["sam2.1_hiera_tiny.pt"]  # no partials
@@ -164,8 +187,11 @@ def test_bf16_autocast_decoder_close_to_fp32(tiny_model):
 
     sam = copy.deepcopy(tiny_model).cuda()
     img = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
-    pts, idx, sizes = (torch.tensor([[100.0, 100.0]], device="cuda"),
-                       torch.tensor([0], device="cuda"), torch.tensor([[256, 256]], device="cuda"))
+    pts, idx, sizes = (
+        torch.tensor([[100.0, 100.0]], device="cuda"),
+        torch.tensor([0], device="cuda"),
+        torch.tensor([[256, 256]], device="cuda"),
+    )
     with torch.no_grad(), warnings.catch_warnings():
         f = encode_images(sam, [img])
         ref, _ = predict_logits(sam, f, idx, pts, sizes)

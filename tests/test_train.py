@@ -20,8 +20,22 @@ import train
 from model import MODELS, freeze_for_finetune, predict_logits
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--model", "tiny", "--checkpoint", "none", "--device", "cpu", "--workers", "0",
-        "--batch-size", "2", "--max-masks", "3", "--log-every", "1"]
+FAST = [
+    "--model",
+    "tiny",
+    "--checkpoint",
+    "none",
+    "--device",
+    "cpu",
+    "--workers",
+    "0",
+    "--batch-size",
+    "2",
+    "--max-masks",
+    "3",
+    "--log-every",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +53,21 @@ def run(argv):
 def base_run(demo, tmp_path_factory):
     """An uninterrupted 4-step run (checkpoints every 2 steps)."""
     out = tmp_path_factory.mktemp("base")
-    summary = run(["--data", str(demo), "--out", str(out), "--steps", "4", "--save-every", "2",
-                   "--eval-every", "2", *FAST])
+    summary = run(
+        [
+            "--data",
+            str(demo),
+            "--out",
+            str(out),
+            "--steps",
+            "4",
+            "--save-every",
+            "2",
+            "--eval-every",
+            "2",
+            *FAST,
+        ]
+    )
     return out, summary
 
 
@@ -72,8 +99,11 @@ def test_model_pt_loads_with_build_sam2_and_predicts_the_same(base_run):
     from model import encode_images
 
     img = np.random.default_rng(1).integers(0, 255, (200, 300, 3), dtype=np.uint8)
-    args = (torch.tensor([0, 0]), torch.tensor([[10.0, 10.0], [150.0, 100.0]]),
-            torch.tensor([[200, 300]]))
+    args = (
+        torch.tensor([0, 0]),
+        torch.tensor([[10.0, 10.0], [150.0, 100.0]]),
+        torch.tensor([[200, 300]]),
+    )
     with torch.no_grad():
         a = predict_logits(mem, encode_images(mem, [img]), *args)
         b = predict_logits(disk, encode_images(disk, [img]), *args)
@@ -97,8 +127,17 @@ def test_only_decoder_and_prompt_encoder_change(base_run):
 
 def test_resume_equals_uninterrupted(demo, base_run, tmp_path):
     out, _ = base_run
-    common = ["--data", str(demo), "--out", str(tmp_path), "--save-every", "2",
-              "--eval-every", "0", *FAST]
+    common = [
+        "--data",
+        str(demo),
+        "--out",
+        str(tmp_path),
+        "--save-every",
+        "2",
+        "--eval-every",
+        "0",
+        *FAST,
+    ]
     run([*common, "--steps", "2"])
     with pytest.raises(SystemExit, match="--resume"):  # never overwrites a run by accident
         run([*common, "--steps", "4"])
@@ -110,6 +149,19 @@ def test_resume_equals_uninterrupted(demo, base_run, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4]
+    # the running means and the clock carry over: the same curve as the uninterrupted run
+    base_rows = list(csv.DictReader(open(out / "log.csv")))
+    for r, b in zip(rows[1:], base_rows[1:]):
+        assert float(r["loss"]) == pytest.approx(float(b["loss"]), abs=2e-5), r["step"]
+        assert float(r["train_iou"]) == pytest.approx(float(b["train_iou"]), abs=2e-4)
+    secs = [float(r["seconds"]) for r in rows]
+    assert secs == sorted(secs)
+
+
+def test_resume_from_a_corrupt_checkpoint_names_it(demo, tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(SystemExit, match=r"cannot resume from .*checkpoint\.pt"):
+        train.main(["--data", str(demo), "--out", str(tmp_path), "--steps", "2", "--resume", *FAST])
 
 
 def test_loss_falls(demo):
@@ -141,8 +193,9 @@ def test_loss_falls(demo):
     before = fixed_loss()
     for step in range(24):
         items = store.get(train.batch_indices(step, store.valid, 2, 0))
-        loss, _ = train.train_step(train.PromptDecoder(sam), sam, items, opt, scaler, gen, cfg,
-                                   torch.device("cpu"))
+        loss, _ = train.train_step(
+            train.PromptDecoder(sam), sam, items, opt, scaler, gen, cfg, torch.device("cpu")
+        )
         assert torch.isfinite(loss)
     assert fixed_loss() < 0.8 * before
 
@@ -159,19 +212,26 @@ def test_loss_matches_the_article(demo, tiny_model):
     input_point = sample.points[:, None, :]
     input_label = np.ones((len(sample.points), 1))
     mask_input, unnorm_coords, labels, unnorm_box = predictor._prep_prompts(
-        input_point, input_label, box=None, mask_logits=None, normalize_coords=True)
+        input_point, input_label, box=None, mask_logits=None, normalize_coords=True
+    )
     sparse, dense = sam.sam_prompt_encoder(points=(unnorm_coords, labels), boxes=None, masks=None)
     high_res = [f[-1].unsqueeze(0) for f in predictor._features["high_res_feats"]]
     low_res, prd_scores, _, _ = sam.sam_mask_decoder(
         image_embeddings=predictor._features["image_embed"][-1].unsqueeze(0),
-        image_pe=sam.sam_prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense, multimask_output=True, repeat_image=True,
-        high_res_features=high_res)
+        image_pe=sam.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=True,
+        repeat_image=True,
+        high_res_features=high_res,
+    )
     prd_masks = predictor._transforms.postprocess_masks(low_res, predictor._orig_hw[-1])
     gt_mask = torch.tensor(sample.masks.astype(np.float32))
     prd_mask = torch.sigmoid(prd_masks[:, 0])
-    seg_loss = (-gt_mask * torch.log(prd_mask + 0.00001)
-                - (1 - gt_mask) * torch.log((1 - prd_mask) + 0.00001)).mean()
+    seg_loss = (
+        -gt_mask * torch.log(prd_mask + 0.00001)
+        - (1 - gt_mask) * torch.log((1 - prd_mask) + 0.00001)
+    ).mean()
     inter = (gt_mask * (prd_mask > 0.5)).sum(1).sum(1)
     iou = inter / (gt_mask.sum(1).sum(1) + (prd_mask > 0.5).sum(1).sum(1) - inter)
     score_loss = torch.abs(prd_scores[:, 0] - iou).mean()
@@ -181,10 +241,13 @@ def test_loss_matches_the_article(demo, tiny_model):
         items = train.encode_samples(sam, [sample], "cpu", "cpu", torch.float32)
         n = len(sample.masks)
         ours_low, ours_scores = predict_logits(
-            sam, items[0].feats, torch.zeros(n, dtype=torch.long),
-            torch.from_numpy(sample.points), torch.tensor([sample.image.shape[:2]]))
-        ours, ours_iou = train.compute_loss(ours_low, ours_scores,
-                                            [torch.from_numpy(sample.masks)])
+            sam,
+            items[0].feats,
+            torch.zeros(n, dtype=torch.long),
+            torch.from_numpy(sample.points),
+            torch.tensor([sample.image.shape[:2]]),
+        )
+        ours, ours_iou = train.compute_loss(ours_low, ours_scores, [torch.from_numpy(sample.masks)])
     torch.testing.assert_close(ours, article.detach(), rtol=2e-3, atol=2e-4)
     torch.testing.assert_close(ours_iou, iou.detach(), rtol=0, atol=1e-6)
 
@@ -201,8 +264,9 @@ def test_batch_keeps_each_images_own_features(demo, tiny_model):
         both, _ = predict_logits(tiny_model, feats, idx, pts, sizes)
         for b in range(2):
             sel = idx == b
-            alone, _ = predict_logits(tiny_model, items[b].feats, idx[sel] * 0, pts[sel],
-                                      sizes[b:b + 1])
+            alone, _ = predict_logits(
+                tiny_model, items[b].feats, idx[sel] * 0, pts[sel], sizes[b : b + 1]
+            )
             torch.testing.assert_close(both[sel], alone, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(both[idx == 0][:1], both[idx == 1][:1])
 
@@ -243,18 +307,29 @@ def test_refuses_to_save_nan_weights(tmp_path, tiny_model):
     opt = torch.optim.AdamW(params)
     cfg = train.Config(data="x", out=str(tmp_path))
     with pytest.raises(RuntimeError, match="non-finite"):
-        train.save_checkpoint(tmp_path, sam, opt, torch.amp.GradScaler("cpu", enabled=False), 3,
-                              cfg, torch.Generator(), {})
+        train.save_checkpoint(
+            tmp_path,
+            sam,
+            opt,
+            torch.amp.GradScaler("cpu", enabled=False),
+            3,
+            cfg,
+            torch.Generator(),
+            {},
+        )
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("argv, msg", [
-    (["--steps", "0"], "--steps must be >= 1"),
-    (["--lr", "-1"], "--lr must be a positive"),
-    (["--model", "huge"], "--model 'huge'"),
-    (["--cache", "disk"], "--cache must be"),
-    (["--batch-size", "x"], "invalid int value"),
-])
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--lr", "-1"], "--lr must be a positive"),
+        (["--model", "huge"], "--model 'huge'"),
+        (["--cache", "disk"], "--cache must be"),
+        (["--batch-size", "x"], "invalid int value"),
+    ],
+)
 def test_bad_flags(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
         train.parse_args(["--data", "d", *argv])
@@ -267,8 +342,9 @@ def test_missing_data_and_bad_checkpoint(tmp_path, demo, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\0" * 100)
     with pytest.raises(SystemExit, match=r"bad\.pt"):
-        train.main(["--data", str(demo), "--out", str(tmp_path / "o2"), *FAST,
-                    "--checkpoint", str(bad)])
+        train.main(
+            ["--data", str(demo), "--out", str(tmp_path / "o2"), *FAST, "--checkpoint", str(bad)]
+        )
     # A checkpoint for another model size: named, never partly loaded.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -277,17 +353,30 @@ def test_missing_data_and_bad_checkpoint(tmp_path, demo, capsys):
         small = load_model("small", "none")
     torch.save({"model": small.state_dict()}, bad)
     with pytest.raises(SystemExit, match=r"bad\.pt.*'tiny'.*does not fit"):
-        train.main(["--data", str(demo), "--out", str(tmp_path / "o3"), *FAST,
-                    "--checkpoint", str(bad)])
+        train.main(
+            ["--data", str(demo), "--out", str(tmp_path / "o3"), *FAST, "--checkpoint", str(bad)]
+        )
 
 
 def test_sigkill_then_resume(demo, tmp_path):
     """A run killed with SIGKILL mid-run resumes from its last checkpoint and finishes."""
     out = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "train.py"), "--data", str(demo), "--out", str(out),
-           "--save-every", "1", "--eval-every", "0", *FAST]
-    proc = subprocess.Popen([*cmd, "--steps", "50"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "--data",
+        str(demo),
+        "--out",
+        str(out),
+        "--save-every",
+        "1",
+        "--eval-every",
+        "0",
+        *FAST,
+    ]
+    proc = subprocess.Popen(
+        [*cmd, "--steps", "50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
 
     def saved_step():
@@ -302,8 +391,9 @@ def test_sigkill_then_resume(demo, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
     assert 1 <= step < 50
-    res = subprocess.run([*cmd, "--steps", str(step + 2), "--resume"], capture_output=True,
-                         text=True, timeout=300)
+    res = subprocess.run(
+        [*cmd, "--steps", str(step + 2), "--resume"], capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"resuming {out / 'checkpoint.pt'} at step {step}" in res.stderr
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == step + 2
@@ -313,10 +403,28 @@ def test_torchrun_two_processes_keep_replicas_identical(demo, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         "--master_port=29517", str(ROOT / "train.py"), "--data", str(demo), "--out", str(out),
-         "--steps", "3", "--eval-every", "0", *FAST],
-        capture_output=True, text=True, timeout=600, env=env)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            str(ROOT / "train.py"),
+            "--data",
+            str(demo),
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--eval-every",
+            "0",
+            *FAST,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "replicas identical across ranks" in res.stderr
     assert "2 process(es)" in res.stderr
