@@ -232,7 +232,9 @@ def load_model(model: str = "small", checkpoint: str | None = None, device="cpu"
     from sam2.build_sam import build_sam2
 
     path = resolve_checkpoint(model, checkpoint)
-    sam = build_sam2(MODELS[model][0], None, device="cpu", mode="eval")
+    with warnings.catch_warnings():  # sam2 1.1.0 still scripts a helper: not the user's concern
+        warnings.filterwarnings("ignore", r"`torch.jit.script` is deprecated", FutureWarning)
+        sam = build_sam2(MODELS[model][0], None, device="cpu", mode="eval")
     if path is None:
         warnings.warn(
             f"SAM 2 '{model}' has RANDOM weights (--checkpoint none): masks will be meaningless "
