@@ -43,7 +43,15 @@ import torch
 import data
 import infer
 import train
-from model import MODELS, autocast, encode_images, load_model, predict_logits, resolve_device
+from model import (
+    MODELS,
+    amp_dtype,
+    autocast,
+    encode_images,
+    load_model,
+    predict_logits,
+    resolve_device,
+)
 
 # Settings per preset; a flag given on the command line always wins.
 FULL = {
@@ -366,7 +374,7 @@ def our_config(args, root: Path, device: torch.device) -> train.Config:
 def fixed_batch_loss(args, entries: list[dict], device: torch.device) -> dict:
     """Both losses on the first image with fixed points and the same initial weights: fp32, and
     on CUDA also under each method's own autocast (article fp16 throughout; ours bf16 features
-    and decoder, loss in fp32, as train.ImageStore and train.train_step do)."""
+    and decoder, loss in fp32, as train.FeatureCache and train.train_step do)."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     np.random.seed(args.seed)
@@ -388,7 +396,7 @@ def fixed_batch_loss(args, entries: list[dict], device: torch.device) -> dict:
             with autocast(device) if amp else contextlib.nullcontext():
                 feats = encode_images(sam, [image])
                 if amp:
-                    feats = feats.to(dtype=torch.bfloat16)
+                    feats = feats.to(dtype=amp_dtype(device))
                 low_res, scores = predict_logits(sam, feats, idx, pts, sizes)
             ours, _ = train.compute_loss(low_res, scores, gts, train.Config.score_weight)
         a, o = float(theirs), float(ours)
@@ -428,11 +436,12 @@ def time_article_training(args, entries: list[dict], device: torch.device) -> di
     }
 
 
-def our_step(store, step: int, decoder, sam, opt, scaler, gen, cfg, device) -> int:
-    """One step of train.train()'s loop (minus logging): its batch, train_step, and the two
-    .item() reads train() makes for its running averages. Returns the masks used."""
-    items = store.get(train.batch_indices(step, store.valid, cfg.batch_size, cfg.seed))
-    loss, iou = train.train_step(decoder, sam, items, opt, scaler, gen, cfg, device)
+def our_step(cache, step: int, trainer, opt, scaler, gen, cfg, device) -> int:
+    """One step of train.fit()'s loop (minus logging): its batch, train_step, and the two
+    .item() reads fit() makes for its running averages. Returns the masks used."""
+    ids = train.batch_indices(step, cache.ids, cfg.batch_size, cfg.seed)
+    batch = train.sample_batch(cache.get(ids), cfg.max_masks, gen)
+    loss, iou = train.train_step(trainer, batch, opt, scaler, cfg, device)
     _ = loss.item(), iou.mean().item()
     return len(iou)
 
@@ -442,29 +451,26 @@ def time_our_training(args, root: Path, entries: list[dict], device: torch.devic
     steps) and steady state (--steps steps after --warmup more)."""
     new_phase(device)
     cfg = our_config(args, root, device)
-    sam = fresh_model(args, device)
-    params = train.freeze_for_finetune(sam)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sam, opt, scaler, gen, _ = train.build(cfg, train.Context(0, 1, device, root), None)
     sam.train()
     sam.image_encoder.eval()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    gen = torch.Generator(device).manual_seed(cfg.seed)
-    decoder = train.PromptDecoder(sam)
+    trainer = train.Trainable(sam)
     dataset = data.load_split(root, "train", cfg.max_side, cfg.min_area, cfg.seed)
     names = {Path(e["image"]).name for e in entries}  # the article's images, no others
     indices = [i for i, r in enumerate(dataset.records) if r.image.name in names]
 
     def run(first: int, n: int) -> int:
         return sum(
-            our_step(store, s, decoder, sam, opt, scaler, gen, cfg, device)
+            our_step(cache, s, trainer, opt, scaler, gen, cfg, device)
             for s in range(first, first + n)
         )
 
     sync(device)
     t0 = time.perf_counter()
-    store = train.ImageStore(dataset, indices, cfg, sam, device, rank=0)
-    epoch = math.ceil(len(store.valid) / cfg.batch_size)
+    cache = train.FeatureCache(dataset, indices, cfg, sam, device, progress=True)
+    epoch = math.ceil(len(cache.ids) / cfg.batch_size)
     n_first = run(0, epoch)
     sync(device)
     first_secs = time.perf_counter() - t0
@@ -480,7 +486,7 @@ def time_our_training(args, root: Path, entries: list[dict], device: torch.devic
         "masks_per_step": n / args.steps,
         "first_epoch_masks_per_s": n_first / first_secs,
         "first_epoch_s": first_secs,
-        "cache": store.mode,
+        "cache": cache.mode,
         "peak_gib": peak_gib(device),
     }
 

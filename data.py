@@ -8,11 +8,16 @@
 Layouts (picked from what the path points at, see detect_format):
     labpics: root/Simple/{Train,Test}/Image/x.jpg + root/Simple/{Train,Test}/Instance/x.png
              (instance PNG as cv2 reads it: channel 0 = material ids, channel 2 = vessel ids)
-    folder:  root/images/x.jpg + root/masks/x.png (one label PNG per image, 0 = background),
+    folder:  root/images/x.jpg + root/masks/x.png (one label PNG per image, 0 = background;
+             a colour PNG: each distinct colour one instance, black = background),
              or root/{train,test|val}/{images,masks}/...
     coco:    a COCO instances JSON, or root/annotations/*.json. An image's file_name is looked up
              relative to the JSON's folder, then its images/ subfolder, then the same two beside
              the JSON's parent folder (root/images/, root/train2017/ for instances_train2017.json).
+Splits: a part named train (Train/, train/, instances_train*.json, *_trainval.json) or test / val
+is that split when the other split has a part too; all other images are split 80/20 by a hash
+of their file names. Images are read as cv2.imread reads them (EXIF orientation applied); label
+PNGs are never rotated.
 """
 
 from __future__ import annotations
@@ -21,21 +26,35 @@ import argparse
 import hashlib
 import itertools
 import json
+import os
+import re
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LAYOUTS = """layouts looked for:
   labpics: ROOT/Simple/Train/Image/x.jpg + ROOT/Simple/Train/Instance/x.png (Test/ likewise)
   folder:  ROOT/images/x.jpg + ROOT/masks/x.png, or ROOT/train/{images,masks} + ROOT/test/...
   coco:    ROOT/annotations/instances_train.json + ROOT/images/x.jpg, or a path to a .json"""
+IMAGES_MASKS = ("images", "masks")  # the folder layout's two subfolders
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+END_MARKERS = {
+    b"\xff\xd8": ("JPEG", b"\xff\xd9"),
+    PNG_SIGNATURE[:2]: ("PNG", b"IEND"),
+}  # start -> (kind, end)
+# whole words of a COCO file name that tag its split ("instances_trainval2017" -> train)
+SPLIT_WORDS = {"train": "train", "trainval": "train", "training": "train", "val": "test"}
+SPLIT_WORDS |= {"valid": "test", "validation": "test", "minival": "test", "test": "test"}
 
 
 class DataError(Exception):
@@ -60,14 +79,12 @@ class Sample:
 
     image  (H, W, 3) uint8 RGB, longer side == max_side
     masks  (N, H, W) bool, one per instance
-    points (N, 2) float32 (x, y), one pixel inside each mask
-    labels (N,) int32, all 1 (positive clicks)
+    points (N, 2) float32 (x, y), one pixel inside each mask (a positive click)
     """
 
     image: np.ndarray
     masks: np.ndarray
     points: np.ndarray
-    labels: np.ndarray
     name: str
 
 
@@ -75,60 +92,22 @@ class Sample:
 
 
 def _read_bytes(path: Path) -> np.ndarray:
-    """Whole file as uint8, after the checks that cv2 itself would silently get wrong."""
-    path = Path(path)
+    """Whole file as uint8 (np.fromfile copes with non-ASCII paths, unlike cv2.imread)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    data = np.fromfile(path, dtype=np.uint8)  # np.fromfile copes with non-ASCII paths
+    data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise DataError(f"{path}: zero-byte file")
-    why = _truncated(data.tobytes())
-    if why:
-        raise DataError(f"{path}: {why}")
     return data
 
 
-def _truncated(data: bytes) -> str | None:
-    """Reason if a JPEG/PNG is cut short: some cv2/libjpeg builds decode those partially with
-    only a warning, so check the end markers ourselves."""
-    if data[:2] == b"\xff\xd8":
-        # FF D9 can't occur inside entropy-coded data, so the end-of-image marker must follow
-        # the last start-of-scan; an EXIF thumbnail's own FF D9 sits before it.
-        sos = data.rfind(b"\xff\xda")
-        if sos < 0 or data.find(b"\xff\xd9", sos) < 0:
-            return "truncated JPEG (no end-of-image marker)"
-    elif data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-1024:]:
-        return "truncated PNG (no IEND chunk)"
-    return None
-
-
-def _decode(path: Path) -> np.ndarray:
-    data = _read_bytes(path)
-    # UNCHANGED keeps depth/alpha and ignores EXIF orientation, so an image and its mask (which
-    # has no EXIF) always share the same pixel grid.
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is None:
-        raise DataError(f"{path}: not a readable image (corrupt or unsupported format)")
-    return img
-
-
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Image file -> (H, W, 3) uint8 RGB at file size; gray, RGBA and 16-bit are converted."""
-    img = _decode(Path(path))
-    if img.dtype == np.uint16:
-        img = np.round(img / 257.0).astype(np.uint8)
-    elif img.dtype.kind == "f":
-        scale = 255.0 if float(np.nanmax(img)) <= 1.0 else 1.0
-        img = np.clip(np.nan_to_num(img) * scale, 0, 255).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise DataError(f"{path}: unsupported pixel type {img.dtype}")
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[..., 0]
-    if img.ndim == 2:
-        return np.ascontiguousarray(np.repeat(img[..., None], 3, axis=2))
-    if img.shape[2] == 2:  # gray + alpha
-        return np.ascontiguousarray(np.repeat(img[..., :1], 3, axis=2))
-    return np.ascontiguousarray(img[..., 2::-1])  # BGR(A) -> RGB, alpha dropped
+    """Image file -> (H, W, 3) uint8 RGB exactly as cv2.imread reads it: EXIF orientation
+    applied, gray / alpha / 16-bit converted. cv2 refuses cut-off files itself."""
+    img = cv2.imdecode(_read_bytes(Path(path)), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
+    return np.ascontiguousarray(img[..., ::-1])
 
 
 def labpics_merge(ann_bgr: np.ndarray) -> np.ndarray:
@@ -143,30 +122,36 @@ def labpics_merge(ann_bgr: np.ndarray) -> np.ndarray:
     return np.where(mat > 0, mat, np.where(ves > 0, ves + mat.max(), 0)).astype(np.int32)
 
 
-def read_label_map(path: str | Path) -> np.ndarray:
-    """Label PNG -> (H, W) int32 instance ids, 0 = none.
+def _colour_ids(bgr: np.ndarray) -> np.ndarray:
+    """(H, W, 3) colours -> (H, W) int32 ids: black 0, the others 1..K by (B, G, R) value."""
+    c = bgr.astype(np.int64)  # 16 bits a channel fit side by side
+    keys, ids = np.unique((c[..., 0] << 32) | (c[..., 1] << 16) | c[..., 2], return_inverse=True)
+    return (ids.reshape(bgr.shape[:2]) + int(keys[0] != 0)).astype(np.int32)
 
-    1-channel 8/16-bit: its values; palette PNG: its indices; 3/4-channel: LabPics merge.
+
+def read_label_map(path: str | Path, labpics: bool = False) -> np.ndarray:
+    """Label PNG -> (H, W) int32 instance ids, 0 = none; never EXIF-rotated.
+
+    1-channel 8/16-bit: its values; palette PNG: its indices; 3/4-channel: each distinct colour
+    one instance (black = none, alpha ignored), or with labpics=True the LabPics merge.
     """
     path = Path(path)
     data = _read_bytes(path)
-    if data[:8].tobytes() == b"\x89PNG\r\n\x1a\n" and data.size > 25 and data[25] == 3:
+    if data[:8].tobytes() == PNG_SIGNATURE and data.size > 25 and data[25] == 3:
         # palette PNG (PASCAL VOC style): cv2 would expand it to colours, we want the indices
         try:
             with Image.open(path) as im:
                 return np.asarray(im, dtype=np.int32)
         except (OSError, ValueError) as e:
             raise DataError(f"{path}: not a readable label image ({e})") from e
-    ann = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    ann = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # keeps depth and channels, ignores EXIF
     if ann is None:
         raise DataError(f"{path}: not a readable label image (corrupt or unsupported format)")
     if ann.dtype.kind not in "ui":
         raise DataError(f"{path}: label image must hold integers, got {ann.dtype}")
-    if ann.ndim == 3 and ann.shape[2] in (3, 4):
-        return labpics_merge(ann[..., :3])
-    if ann.ndim == 3:
-        ann = ann[..., 0]
-    return ann.astype(np.int32)
+    if ann.ndim == 3 and ann.shape[2] >= 3:
+        return labpics_merge(ann) if labpics else _colour_ids(ann[..., :3])
+    return (ann if ann.ndim == 2 else ann[..., 0]).astype(np.int32)
 
 
 def _new_size(h: int, w: int, max_side: int) -> tuple[int, int]:
@@ -174,12 +159,13 @@ def _new_size(h: int, w: int, max_side: int) -> tuple[int, int]:
     return max(1, round(h * r)), max(1, round(w * r))
 
 
-def _nearest_index(h: int, w: int, nh: int, nw: int) -> tuple[np.ndarray, np.ndarray]:
-    """Source rows (nh,) and cols (nw,) for a nearest-neighbour resize by index lookup: exact
-    for any dtype (int32 ids, bool), where cv2.resize has gaps."""
-    rows = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(np.int64), w - 1)
-    return rows, cols
+def resize_nearest(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of (h, w, ...) to (H, W, ...) with hw = (H, W), by index
+    lookup: exact for any dtype (int32 ids, bool), where cv2.resize has gaps."""
+    h, w = a.shape[:2]
+    rows = np.minimum(((np.arange(hw[0]) + 0.5) * h / hw[0]).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(hw[1]) + 0.5) * w / hw[1]).astype(np.int64), w - 1)
+    return a[rows][:, cols]
 
 
 def resize_longest(image: np.ndarray, max_side: int = 1024, nearest: bool = False) -> np.ndarray:
@@ -190,8 +176,7 @@ def resize_longest(image: np.ndarray, max_side: int = 1024, nearest: bool = Fals
     h, w = image.shape[:2]
     nh, nw = _new_size(h, w, max_side)
     if nearest:
-        rows, cols = _nearest_index(h, w, nh, nw)
-        return image[rows][:, cols]
+        return resize_nearest(image, (nh, nw))
     if (nh, nw) == (h, w):
         return image.copy()
     interp = cv2.INTER_AREA if nh < h else cv2.INTER_LINEAR
@@ -224,60 +209,47 @@ def sample_points(masks: torch.Tensor, generator: torch.Generator | None = None)
 # ----------------------------------------------------------------------------- COCO masks
 
 
-def rle_decode(counts: list[int] | str, size: list[int]) -> np.ndarray:
-    """COCO RLE (uncompressed list or compressed string), size [H, W] -> (H, W) bool.
-
-    Runs alternate 0s and 1s (starting with 0s) over the mask in column-major order.
-    """
-    h, w = int(size[0]), int(size[1])
-    runs = _rle_string_to_counts(counts) if isinstance(counts, str) else [int(c) for c in counts]
-    if sum(runs) != h * w:
-        raise ValueError(f"RLE runs cover {sum(runs)} pixels, expected {h}x{w} = {h * w}")
-    vals = np.arange(len(runs)) % 2 == 1
-    flat = np.repeat(vals, runs)
-    return flat.reshape(w, h).T.copy()
-
-
-def _rle_string_to_counts(s: str) -> list[int]:
-    """Compressed COCO counts: each run is a signed number in 5-bit groups (low bits first,
-    0x20 = more groups follow, 0x10 of the last group = sign), stored as chr(48 + group).
-    From the fourth run on, the number is the difference to the run two places back."""
-    runs: list[int] = []
-    i = 0
-    while i < len(s):
-        value, shift = 0, 0
-        while True:
-            group = ord(s[i]) - 48
-            i += 1
-            value |= (group & 0x1F) << shift
-            shift += 5
-            if not group & 0x20:
-                if group & 0x10:  # sign-extend
-                    value -= 1 << shift
-                break
-        if len(runs) > 2:
-            value += runs[-2]
-        runs.append(value)
-    return runs
+def _rle_short(counts: bytes | str, n: int) -> bool:
+    """pycocotools' decode() refuses runs past the mask's end but leaves the tail of a short
+    one uninitialised (random pixels): the runs cover n pixels only if n - 1 overflow."""
+    try:
+        mask_utils.decode({"size": [1, n - 1], "counts": counts})
+    except ValueError:
+        return False
+    return True
 
 
 def coco_mask(ann: dict, h: int, w: int) -> np.ndarray:
-    """One COCO annotation's segmentation (polygons or RLE) -> (H, W) bool."""
+    """One COCO annotation's segmentation (polygons, RLE compressed or not) -> (H, W) bool.
+    Raises (ValueError, or pycocotools' own errors) saying why there is no usable mask."""
     seg = ann.get("segmentation")
-    if isinstance(seg, dict):
-        size = seg.get("size", [h, w])
-        if [int(size[0]), int(size[1])] != [h, w]:
-            raise ValueError(f"RLE size {size} != image size [{h}, {w}]")
-        return rle_decode(seg["counts"], size)
-    canvas = np.zeros((h, w), np.uint8)
-    polys = [
-        np.round(np.asarray(p, np.float64).reshape(-1, 2)).astype(np.int32)
-        for p in (seg or [])
-        if len(p) >= 6
-    ]
-    if polys:
-        cv2.fillPoly(canvas, polys, 1)
-    return canvas.astype(bool)
+    if isinstance(seg, list):  # polygons; under 3 points frPyObjects would read a box
+        seg = [p for p in seg if len(p) >= 6]
+    if not seg:
+        raise ValueError("no segmentation (bounding box only)")
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    else:
+        if list(seg.get("size", [])) != [h, w]:
+            raise ValueError(f"RLE size {seg.get('size')} != image size [{h}, {w}]")
+        rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg
+        if _rle_short(rle["counts"], h * w):
+            raise ValueError(f"RLE runs cover fewer than the image's {h}x{w} pixels")
+    return mask_utils.decode(rle).astype(bool)
+
+
+def _coco_masks(record: Record, h: int, w: int) -> tuple[np.ndarray, list[str]]:
+    """(H, W, N) bool masks of a COCO image's instances (crowd regions mark many objects at
+    once: not instances), and why each annotation without a usable mask was skipped."""
+    masks, skipped = [], []
+    for a in record.coco or []:
+        if a.get("iscrowd", 0):
+            continue
+        try:
+            masks.append(coco_mask(a, h, w))
+        except Exception as e:  # pycocotools raises bare Exception for unsupported input
+            skipped.append(f"annotation id {a.get('id')}: {e}")
+    return (np.stack(masks, -1) if masks else np.zeros((h, w, 0), bool)), skipped
 
 
 # ----------------------------------------------------------------------------- finding files
@@ -289,29 +261,27 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
-def _match_masks(images: list[Path], mask_dir: Path, fmt: str) -> list[Record]:
+def _match_masks(image_dir: Path, mask_dir: Path, fmt: str) -> list[Record]:
     """Pair images with masks by stem; an image without one gets the expected .png path so the
     error later names the file that is missing."""
     masks = {}
     for m in _images_in(mask_dir):
         if m.stem not in masks or m.suffix.lower() == ".png":
             masks[m.stem] = m
-    return [Record(p, masks.get(p.stem, mask_dir / f"{p.stem}.png"), fmt) for p in images]
+    return [
+        Record(p, masks.get(p.stem, mask_dir / f"{p.stem}.png"), fmt) for p in _images_in(image_dir)
+    ]
 
 
-def _stable_key(name: str) -> str:
-    return hashlib.md5(name.encode()).hexdigest()
-
-
-def _held_out(items: list, key, split: str, fraction: float = 0.2) -> list:
-    """Deterministic split without a list file: the items whose name hashes lowest are test
-    (at least one when there are two or more), so adding images barely reshuffles the split."""
+def _held_out(records: list[Record], split: str) -> list[Record]:
+    """Fixed 80/20 split without a list file: the records whose names hash lowest are test (at
+    least one when there are two or more), so adding images barely reshuffles the split."""
     if split == "all":
-        return list(items)
-    order = sorted(items, key=lambda it: _stable_key(key(it)))
-    n_test = max(1, round(len(items) * fraction)) if len(items) >= 2 else 0
-    test = {id(it) for it in order[:n_test]}
-    return [it for it in items if (id(it) in test) == (split == "test")]
+        return list(records)
+    order = sorted(records, key=lambda r: hashlib.md5(r.image.name.encode()).hexdigest())
+    n_test = max(1, round(len(records) * 0.2)) if len(records) >= 2 else 0
+    test = {id(r) for r in order[:n_test]}
+    return [r for r in records if (id(r) in test) == (split == "test")]
 
 
 def _norm_split(split: str) -> str:
@@ -332,13 +302,10 @@ def _labpics_base(root: Path) -> Path | None:
     return None
 
 
-def _folder_splits(root: Path) -> dict[str, Path] | None:
-    subs = {}
-    for name in ("train", "test", "val"):
-        d = root / name
-        if (d / "images").is_dir() and (d / "masks").is_dir():
-            subs["test" if name == "val" and "test" not in subs else name] = d
-    return subs or None
+def _folder_splits(root: Path) -> list[str]:
+    return [
+        n for n in ("train", "test", "val") if all((root / n / d).is_dir() for d in IMAGES_MASKS)
+    ]
 
 
 def _coco_jsons(root: Path) -> list[Path]:
@@ -348,6 +315,12 @@ def _coco_jsons(root: Path) -> list[Path]:
     # annotations/ often also holds captions / keypoints files: prefer the instances ones
     inst = [p for p in found if "instances" in p.name.lower()]
     return inst or found
+
+
+def _coco_split(js: Path) -> str | None:
+    """'train' / 'test' from the split words in a COCO file's name; None if none or both."""
+    tags = {SPLIT_WORDS[w] for w in re.findall(r"[a-z]+", js.stem.lower()) if w in SPLIT_WORDS}
+    return tags.pop() if len(tags) == 1 else None
 
 
 def detect_format(root: str | Path) -> str:
@@ -361,7 +334,7 @@ def detect_format(root: str | Path) -> str:
         raise DataError(f"{root}: is a file but not a COCO .json\n{LAYOUTS}")
     if _labpics_base(root) is not None:
         return "labpics"
-    if ((root / "images").is_dir() and (root / "masks").is_dir()) or _folder_splits(root):
+    if all((root / d).is_dir() for d in IMAGES_MASKS) or _folder_splits(root):
         return "folder"
     if _coco_jsons(root):
         return "coco"
@@ -377,78 +350,76 @@ def _coco_image_dirs(js: Path) -> list[Path]:
 
 
 def _coco_records(js: Path) -> list[Record]:
+    """A COCO instances JSON -> one Record per image; DataError naming the file if it is not
+    one (invalid JSON, no `images` list, entries without id / file_name)."""
     try:
         with open(js, encoding="utf-8") as f:
             d = json.load(f)
-        images, anns = d["images"], d.get("annotations", [])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        per_image: dict = {im["id"]: [] for im in d["images"]}
+        for a in d.get("annotations", []):
+            if a.get("image_id") in per_image:
+                per_image[a["image_id"]].append(a)
+        dirs = _coco_image_dirs(js)
+        out = []
+        for im in d["images"]:
+            cands = [dd / im["file_name"] for dd in dirs]
+            path = next((c for c in cands if c.is_file()), cands[0])
+            w, h = int(im.get("width", 0)) or None, int(im.get("height", 0)) or None
+            out.append(Record(path, None, "coco", per_image[im["id"]], w, h))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{js}: not a readable COCO instances JSON ({e!r})") from e
-    per_image: dict = {im["id"]: [] for im in images}
-    for a in anns:
-        if a.get("image_id") in per_image:
-            per_image[a["image_id"]].append(a)
-    dirs = _coco_image_dirs(js)
-    out = []
-    for im in images:
-        cands = [dd / im["file_name"] for dd in dirs]
-        path = next((c for c in cands if c.is_file()), cands[0])
-        out.append(
-            Record(
-                path,
-                None,
-                "coco",
-                per_image[im["id"]],
-                int(im.get("width", 0)) or None,
-                int(im.get("height", 0)) or None,
-            )
-        )
     return out
+
+
+Parts = list[tuple[str, str | None, Callable[[], list[Record]]]]
+
+
+def _parts(root: Path, fmt: str, complex: bool) -> Parts:
+    """Where a dataset's records come from: (source, split, loader). A source is its split
+    ('train' / 'test') when the other split has a source too; otherwise its split is None and
+    its images are held out 80/20 by name hash. Loaders run only when their records are needed."""
+    if fmt == "coco":
+        jsons = _coco_jsons(root)
+        parts = [(j.name, _coco_split(j), partial(_coco_records, j)) for j in jsons]
+    else:
+        if fmt == "labpics":
+            base, (im, ann) = _labpics_base(root), ("Image", "Instance")
+            subs = [
+                base / p / s
+                for p in ("Simple", "Complex")[: 1 + complex]
+                for s in ("Train", "Test")
+            ]
+        else:
+            im, ann = IMAGES_MASKS
+            subs = [root / n for n in _folder_splits(root)] or [root]
+        parts = [
+            (
+                os.path.relpath(d / im, root),
+                SPLIT_WORDS.get(d.name.lower()),
+                partial(_match_masks, d / im, d / ann, fmt),
+            )
+            for d in subs
+            if (d / im).is_dir()
+        ]
+    if not {"train", "test"} <= {t for _, t, _ in parts}:
+        parts = [(s, None, load) for s, _, load in parts]
+    return parts
+
+
+def _pick(parts: Parts, split: str) -> list[Record]:
+    """The records of one split ('train', 'test'/'val' or 'all') from _parts."""
+    split = _norm_split(split)
+    fixed = [r for _, t, load in parts if t is not None and split in (t, "all") for r in load()]
+    pool = [r for _, t, load in parts if t is None for r in load()]
+    return fixed + _held_out(pool, split)
 
 
 def find_records(root: str | Path, split: str = "train", complex: bool = False) -> list[Record]:
     """All (image, annotation) records of one split ('train', 'test'/'val', or 'all')."""
     root = Path(root)
     fmt = detect_format(root)
-    split = _norm_split(split)
-    if fmt == "labpics":
-        base = _labpics_base(root)
-        parts = ["Simple", "Complex"] if complex else ["Simple"]
-        sub = {"train": ["Train"], "test": ["Test"], "all": ["Train", "Test"]}[split]
-        recs = [
-            r
-            for part in parts
-            for s in sub
-            for r in _match_masks(
-                _images_in(base / part / s / "Image"), base / part / s / "Instance", fmt
-            )
-        ]
-    elif fmt == "folder":
-        subs = _folder_splits(root)
-        if subs:
-            names = list(subs) if split == "all" else [split]
-            recs = [
-                r
-                for n in names
-                if n in subs
-                for r in _match_masks(_images_in(subs[n] / "images"), subs[n] / "masks", fmt)
-            ]
-        else:
-            recs = _match_masks(_images_in(root / "images"), root / "masks", fmt)
-            recs = _held_out(recs, lambda r: r.image.name, split)
-    else:
-        jsons = _coco_jsons(root)
-        tagged = {
-            "train": [j for j in jsons if "train" in j.stem.lower()],
-            "test": [j for j in jsons if "val" in j.stem.lower() or "test" in j.stem.lower()],
-        }
-        if root.is_dir() and tagged["train"] and tagged["test"]:
-            use = jsons if split == "all" else tagged[split]
-            recs = [r for j in use for r in _coco_records(j)]
-        else:  # one JSON (or untagged ones): held-out fraction over all its images
-            recs = [r for j in jsons for r in _coco_records(j)]
-            recs = _held_out(recs, lambda r: r.image.name, split)
-    ok = [r for r in recs if r.format == "coco" or (r.annotation and r.annotation.is_file())]
-    if not ok:
+    recs = _pick(_parts(root, fmt, complex), split)
+    if not any(r.format == "coco" or r.annotation.is_file() for r in recs):
         raise DataError(
             f"{root}: found the {fmt} layout but no image-annotation pairs for split "
             f"'{split}' ({len(recs)} images without annotations)\n{LAYOUTS}"
@@ -461,7 +432,8 @@ def find_records(root: str | Path, split: str = "train", complex: bool = False) 
 
 def _load(record: Record) -> tuple[np.ndarray, np.ndarray]:
     """Image (H, W, 3) uint8 and instances at file size: a (H, W) int32 label map (labpics,
-    folder) or (N, H, W) bool masks (coco, where instances may overlap). DataError names files."""
+    folder) or (H, W, N) bool masks (coco, where instances may overlap). DataError names files;
+    COCO annotations without a usable mask are skipped with a warning."""
     image = read_rgb(record.image)
     h, w = image.shape[:2]
     if record.format == "coco":
@@ -470,18 +442,13 @@ def _load(record: Record) -> tuple[np.ndarray, np.ndarray]:
                 f"{record.image}: image is {w}x{h} but its COCO entry says "
                 f"{record.width}x{record.height}"
             )
-        masks = []
-        for a in record.coco or []:
-            if a.get("iscrowd", 0):  # crowd regions mark many objects at once: not an instance
-                continue
-            try:
-                masks.append(coco_mask(a, h, w))
-            except (ValueError, KeyError, TypeError) as e:
-                raise DataError(f"{record.image}: bad COCO annotation id {a.get('id')}: {e}") from e
-        return image, np.stack(masks) if masks else np.zeros((0, h, w), bool)
+        masks, skipped = _coco_masks(record, h, w)
+        if skipped:
+            warnings.warn(f"{record.image}: skipped " + "; ".join(skipped), stacklevel=3)
+        return image, masks
     if record.annotation is None or not Path(record.annotation).is_file():
         raise DataError(f"{record.image}: missing annotation {record.annotation}")
-    lab = read_label_map(record.annotation)
+    lab = read_label_map(record.annotation, labpics=record.format == "labpics")
     if lab.shape != (h, w):
         raise DataError(
             f"size mismatch: image {record.image} is {w}x{h} but annotation "
@@ -492,33 +459,22 @@ def _load(record: Record) -> tuple[np.ndarray, np.ndarray]:
 
 def read_sample(record: Record, max_side: int = 1024, min_area: int = 16, seed: int = 0) -> Sample:
     """Decode, resize (longer side -> max_side), drop instances < min_area px, pick one click
-    per instance. Sample: image (H, W, 3) uint8, masks (N, H, W) bool, points (N, 2) float32,
-    labels (N,) int32."""
+    per instance. Sample: image (H, W, 3) uint8, masks (N, H, W) bool, points (N, 2) float32."""
     image, inst = _load(record)
-    h, w = image.shape[:2]
-    nh, nw = _new_size(h, w, max_side)
+    inst = resize_nearest(inst, _new_size(*image.shape[:2], max_side))
     image = resize_longest(image, max_side)
-    rows, cols = _nearest_index(h, w, nh, nw)
     min_area = max(min_area, 1)
     if inst.ndim == 2:
-        # resize the label map before splitting it: a big photo with many instances would
+        # the label map is resized before it is split: a big photo with many instances would
         # otherwise need N full-size masks
-        lab = inst[rows][:, cols]
-        ids, areas = np.unique(lab, return_counts=True)
+        ids, areas = np.unique(inst, return_counts=True)
         ids = ids[(ids != 0) & (areas >= min_area)]
-        masks = lab[None] == ids[:, None, None]
+        masks = inst[None] == ids[:, None, None]
     else:
-        masks = inst[:, rows][:, :, cols]
+        masks = np.ascontiguousarray(inst.transpose(2, 0, 1))
         masks = masks[masks.sum((1, 2)) >= min_area]
-    gen = torch.Generator().manual_seed(int(seed))
-    points = sample_points(torch.from_numpy(masks), gen).numpy()
-    return Sample(
-        image,
-        np.ascontiguousarray(masks),
-        points.astype(np.float32),
-        np.ones(len(masks), np.int32),
-        str(record.image),
-    )
+    points = sample_points(torch.from_numpy(masks), torch.Generator().manual_seed(int(seed)))
+    return Sample(image, masks, points.numpy(), str(record.image))
 
 
 class SegDataset(torch.utils.data.Dataset):
@@ -528,7 +484,6 @@ class SegDataset(torch.utils.data.Dataset):
         self, records: list[Record], max_side: int = 1024, min_area: int = 16, seed: int = 0
     ):
         self.records, self.max_side, self.min_area, self.seed = records, max_side, min_area, seed
-        self.skipped: list[tuple[str, str]] = []  # (file, why) found by load_split's check
 
     def __len__(self) -> int:
         return len(self.records)
@@ -543,16 +498,14 @@ class SegDataset(torch.utils.data.Dataset):
             return None
 
 
-def collate(batch: list[Sample | None]) -> list[Sample]:
-    """DataLoader collate_fn: images differ in size and instance count, so keep a list; bad
-    files (None) and images without instances are dropped."""
-    return [s for s in batch if s is not None and len(s.masks) > 0]
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(W, H) from the header only, without EXIF rotation (same grid as read_rgb)."""
+def _image_size(path: Path, oriented: bool = True) -> tuple[int, int]:
+    """(W, H) from the header; oriented: as read_rgb returns it (EXIF orientations 5-8 swap the
+    sides, as cv2.imread turns them)."""
     with Image.open(path) as im:
-        return im.size
+        exif = Image.Exif()
+        if oriented:  # info["exif"], not im.getexif(): that one decodes a whole PNG
+            exif.load(im.info.get("exif", b""))
+        return im.size[::-1] if exif.get(0x0112) in (5, 6, 7, 8) else im.size
 
 
 def check_record(record: Record) -> str | None:
@@ -566,21 +519,18 @@ def check_record(record: Record) -> str | None:
             return f"{p}: missing {what}" + ("" if what == "image" else f" for {record.image}")
         try:
             with open(p, "rb") as f:
-                head = f.read(8)
-                f.seek(0, 2)
-                if f.tell() == 0:
-                    return f"{p}: zero-byte file"
-                f.seek(max(0, f.tell() - 1024))
+                head, size = f.read(8), f.seek(0, 2)
+                f.seek(max(0, size - 1024))
                 tail = f.read()
         except OSError as e:
             return f"{p}: unreadable ({e})"
-        if head[:2] == b"\xff\xd8":
-            # reading the whole JPEG here would cost as much as decoding it; the loader checks
-            # the real marker order, this catches the common cut-off download
-            if b"\xff\xd9" not in tail:
-                return f"{p}: truncated JPEG (no end-of-image marker)"
-        elif _truncated(head + tail):
-            return f"{p}: {_truncated(head + tail)}"
+        if size == 0:
+            return f"{p}: zero-byte file"
+        # the decoders refuse a cut-off file, but only once they read it all: a missing end
+        # marker finds the common cut-off download here at the cost of 1 KiB
+        kind, end = END_MARKERS.get(head[:2], ("", b""))
+        if end not in tail:
+            return f"{p}: truncated {kind} (no end marker)"
     try:
         w, h = _image_size(record.image)
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's zoo for broken headers
@@ -593,7 +543,7 @@ def check_record(record: Record) -> str | None:
             )
         return None
     try:
-        aw, ah = _image_size(record.annotation)
+        aw, ah = _image_size(record.annotation, oriented=False)
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         return f"{record.annotation}: unreadable annotation header ({type(e).__name__})"
     if (aw, ah) != (w, h):
@@ -615,22 +565,19 @@ def load_split(
     """find_records + check_record on each; bad pairs skipped with a warning each, DataError if
     more than half are bad (probably the wrong folder, not a few broken files)."""
     records = find_records(root, split, complex)
-    good, skipped = [], []
+    good, bad = [], []
     for r in records:
         why = check_record(r)
         if why is None:
             good.append(r)
         else:
-            skipped.append((str(r.image), why))
+            bad.append(why)
             warnings.warn(f"skipping: {why}", stacklevel=2)
-    if len(skipped) * 2 > len(records):
+    if len(bad) * 2 > len(records):
         raise DataError(
-            f"{root}: {len(skipped)} of {len(records)} '{split}' images are bad, "
-            f"e.g. {skipped[0][1]}"
+            f"{root}: {len(bad)} of {len(records)} '{split}' images are bad, e.g. {bad[0]}"
         )
-    ds = SegDataset(good, max_side, min_area, seed)
-    ds.skipped = skipped
-    return ds
+    return SegDataset(good, max_side, min_area, seed)
 
 
 # ----------------------------------------------------------------------------- demo data
@@ -726,41 +673,52 @@ def make_demo(root: str | Path, n_train: int = 16, n_test: int = 6, seed: int = 
 # ----------------------------------------------------------------------------- summary / CLI
 
 
-def _count_instances(record: Record) -> int:
+def _count_instances(record: Record) -> tuple[int, list[str]]:
+    """Instances in an image's annotation (before min_area) and the COCO annotations skipped;
+    DataError if a file is bad."""
+    why = check_record(record)
+    if why is not None:
+        raise DataError(why)
     if record.format == "coco":
-        return sum(1 for a in record.coco or [] if not a.get("iscrowd", 0))
-    ids = np.unique(read_label_map(record.annotation))
-    return int((ids != 0).sum())
+        w, h = _image_size(record.image)
+        masks, skipped = _coco_masks(record, h, w)
+        return masks.shape[-1], skipped
+    ids = np.unique(read_label_map(record.annotation, labpics=record.format == "labpics"))
+    return int((ids != 0).sum()), []
 
 
 def summarize(root: str | Path, complex: bool = False) -> str:
-    """Human-readable report: format, images per split, instances per image, skipped files."""
+    """Human-readable report: format, which source is which split, images and instances per
+    split, skipped files and annotations, images without instances. DataError if unreadable."""
+    root = Path(root)
     fmt = detect_format(root)
+    parts = _parts(root, fmt, complex)
     lines = [f"data:    {root} ({fmt} layout)"]
-    skipped: list[str] = []
+    lines += [f"source:  {s} -> {t or '80% train / 20% test by name hash'}" for s, t, _ in parts]
+    bad_files, bad_anns, empty = [], [], []
     for split in ("train", "test"):
-        try:
-            records = find_records(root, split, complex)
-        except DataError:
-            lines.append(f"{split + ':':8} no images")
-            continue
         counts = []
-        for r in records:
-            why = check_record(r)
-            if why is None:
-                try:
-                    counts.append(_count_instances(r))
-                except DataError as e:
-                    why = str(e)
-            if why is not None:
-                skipped.append(f"  {why}")
+        for r in _pick(parts, split):
+            try:
+                n, notes = _count_instances(r)
+            except DataError as e:
+                bad_files.append(f"  {e}")
+                continue
+            counts.append(n)
+            bad_anns += [f"  {r.image}: {note}" for note in notes]
+            empty += [] if n else [r.image.name]
         c = np.array(counts or [0])
         lines.append(
             f"{split + ':':8} {len(counts)} images, instances per image "
             f"min {c.min()} / mean {c.mean():.1f} / max {c.max()} (before min_area)"
+            if counts
+            else f"{split + ':':8} no images"
         )
-    lines.append(f"skipped: {len(skipped)} files" + (":" if skipped else ""))
-    return "\n".join(lines + skipped)
+    if empty:
+        names = ", ".join(empty[:10]) + (f", ... ({len(empty) - 10} more)" if empty[10:] else "")
+        lines.append(f"{len(empty)} images without instances (not trained on): {names}")
+    lines.append(f"skipped: {len(bad_files)} files, {len(bad_anns)} annotations")
+    return "\n".join(lines + bad_files + bad_anns)
 
 
 def main(argv: list[str] | None = None) -> int:

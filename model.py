@@ -13,12 +13,12 @@ against its own image's features.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,59 +106,51 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype mixed precision computes in on `device`: bf16 on CUDA cards with bf16 units
+    (compute capability 8.0+), fp16 on older ones (train with a GradScaler there), None (fp32)
+    on CPU and MPS."""
+    if device.type != "cuda":
+        return None
+    # Not torch.cuda.is_bf16_supported(): it counts bf16 emulated in fp32 units (V100, T4),
+    # and asks about the current device rather than `device`.
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+
+
 def autocast(device: torch.device):
-    """Mixed precision for `device`: bf16 on CUDA where supported, else fp16; fp32 elsewhere."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    """Mixed precision for `device` in amp_dtype(device); a no-op context where that is None."""
+    dtype = amp_dtype(device)
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
-def checkpoint_dir() -> Path:
-    """Where official checkpoints are cached: $SAM2_CHECKPOINT_DIR or ~/.cache/sam2."""
-    return Path(os.environ.get("SAM2_CHECKPOINT_DIR", Path.home() / ".cache" / "sam2"))
-
-
-def download(url: str, dest: Path, progress: bool = True) -> Path:
-    """Download `url` to `dest` atomically (a partial download never sits at `dest`)."""
-    from tqdm import tqdm
-
-    dest = Path(dest)
+def download(url: str, dest: Path) -> Path:
+    """Download `url` to `dest` with a progress bar; a failed or cut-off download never sits
+    at `dest`. Raises CheckpointError saying how to go on offline."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    os.close(fd)  # unique name, so parallel ranks downloading the same file do not collide
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=30) as r:
-            total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(
-                total=total,
-                unit="B",
-                unit_scale=True,
-                desc=dest.name,
-                disable=not progress,
-                file=sys.stderr,
-            ) as bar:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-            if total is not None and f.tell() != total:
-                raise OSError(f"got {f.tell()} of {total} bytes")
+        torch.hub.download_url_to_file(url, tmp)
+        # A dropped connection can end the transfer without an error; torch's files are zips,
+        # and a cut-off zip lacks its closing directory.
+        if not zipfile.is_zipfile(tmp):
+            raise OSError("the download is incomplete or not a PyTorch checkpoint")
         os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError) as e:
-        Path(tmp).unlink(missing_ok=True)
+    except (OSError, http.client.HTTPException) as e:
         raise CheckpointError(
             f"could not download {url} ({e}).\n"
             f"Without internet, fetch that file elsewhere and put it at {dest}, or pass "
             f"--checkpoint PATH (or --checkpoint none for random weights)."
         ) from None
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     return dest
 
 
 def resolve_checkpoint(model: str, checkpoint: str | None) -> Path | None:
     """The weights file for `model`: `checkpoint` if given, None for 'none' (random init),
-    else the official file in checkpoint_dir(), downloaded from Meta if missing."""
+    else the official file in $SAM2_CHECKPOINT_DIR (default ~/.cache/sam2), downloaded from
+    Meta if missing."""
     if model not in MODELS:
         raise ValueError(f"--model {model!r} is not one of {', '.join(MODELS)}")
     if checkpoint is not None and str(checkpoint).lower() == "none":
@@ -169,7 +161,8 @@ def resolve_checkpoint(model: str, checkpoint: str | None) -> Path | None:
             raise CheckpointError(f"checkpoint {path} does not exist")
         return path
     url = MODELS[model][1]
-    path = checkpoint_dir() / url.rsplit("/", 1)[1]
+    cache = Path(os.environ.get("SAM2_CHECKPOINT_DIR", Path.home() / ".cache" / "sam2"))
+    path = cache / url.rsplit("/", 1)[1]
     if not path.is_file():
         print(f"downloading SAM 2 '{model}' weights to {path}", file=sys.stderr)
         download(url, path)
@@ -177,32 +170,59 @@ def resolve_checkpoint(model: str, checkpoint: str | None) -> Path | None:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Model weights from a SAM 2 checkpoint ({'model': state_dict}) or a bare state_dict."""
+    """Model weights from a SAM 2 checkpoint ({'model': state_dict}) or a bare state_dict.
+    Raises CheckpointError naming `path` if it is unreadable, holds no weights, or holds NaN/inf
+    (such weights only give empty masks, or fail later with a less clear error)."""
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path}: empty file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or foreign files
+        if not zipfile.is_zipfile(path):  # what torch.save writes (the reason would be noise)
+            raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint") from None
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
     sd = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path} holds no model weights (expected {{'model': state_dict}})")
+    bad = next((k for k, v in sd.items() if v.is_floating_point() and not v.isfinite().all()), None)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} has non-finite weights (NaN or inf in {bad})")
     return sd
 
 
+# (channels of the image encoder's patch embedding, its number of Hiera blocks) -> model size,
+# as in sam2's configs/sam2.1/*.yaml (base_plus uses Hiera's default stages, 2+3+16+3)
+_ENCODER_SIZES = {(96, 12): "tiny", (96, 16): "small", (112, 24): "base_plus", (144, 48): "large"}
+
+
+def guess_model(sd: dict[str, torch.Tensor]) -> str | None:
+    """The key of MODELS whose tensor shapes `sd` has, read from its image encoder's width and
+    depth and a tensor only SAM 2.1 has; None if it looks like none of them."""
+    patch = sd.get("image_encoder.trunk.patch_embed.proj.weight")
+    blocks = {k.split(".")[3] for k in sd if k.startswith("image_encoder.trunk.blocks.")}
+    name = _ENCODER_SIZES.get((patch.shape[0], len(blocks))) if patch is not None else None
+    if name and "no_obj_embed_spatial" not in sd:
+        name += "-2.0"
+    return name
+
+
 def model_name_in(path) -> str | None:
-    """The model name train.py stored in its model.pt ('model_name'), or None (official files)."""
+    """The model `path` holds weights for: the name train.py stored in its model.pt
+    ('model_name'), else the size its tensor shapes point to; None if unreadable or unknown."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
+        name = obj.get("model_name")
+        return name if name in MODELS else guess_model(obj.get("model", obj))
+    except Exception:  # not a checkpoint of ours or SAM 2's: load_model will say why
         return None
-    name = obj.get("model_name") if isinstance(obj, dict) else None
-    return name if name in MODELS else None
 
 
-def check_fits(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, strict=True):
-    """Raise CheckpointError naming `what` unless every tensor of `sd` fits `module`
-    (and, when strict, `sd` covers all of it). Checked before loading: never a partial load."""
+def check_fits(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+    """Raise CheckpointError naming `what` unless `sd` has exactly the tensors of `module`, in
+    their shapes (and say which --model it fits instead). Checked before loading: never a
+    partial load."""
     own = module.state_dict()
-    missing = [k for k in own if k not in sd] if strict else []
+    missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     wrong = [
         f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
@@ -219,7 +239,10 @@ def check_fits(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, 
             )
             if x
         ]
-        raise CheckpointError(f"{what} does not fit: " + "; ".join(parts))
+        hint = ""
+        if (other := guess_model(sd)) and other != guess_model(own):
+            hint = f"; its shapes are those of another model size: pass --model {other}"
+        raise CheckpointError(f"{what} does not fit: " + "; ".join(parts) + hint)
 
 
 def load_model(model: str = "small", checkpoint: str | None = None, device="cpu"):

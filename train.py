@@ -1,18 +1,24 @@
 """Fine-tune SAM 2's prompt encoder and mask decoder on your own images.
 
-The method of "fine-tune SAM 2 in 60 lines": one random point per instance mask, the frozen image
+The recipe of "fine-tune SAM 2 in 60 lines": one random click per instance mask, the frozen image
 encoder, BCE on the first multimask output plus 0.05 * |predicted score - IoU|, AdamW lr 1e-5,
 wd 4e-5. Done properly: the frozen encoder runs once per image (its features are cached), many
-images per step, each prompt against its own image's features, resumable atomic checkpoints,
-validation IoU, any device, DistributedDataParallel under torchrun.
+images per step, each prompt against its own image's features, atomic checkpoints, a killed run
+resumes, validation IoU, any device, DistributedDataParallel under torchrun.
 
     python train.py --demo                                    # synthetic data, tiny model, CPU ok
     python train.py --data LabPicsV1 --model small --out runs/labpics
     python train.py --data LabPicsV1 --model small --out runs/labpics --resume   # after a stop
     torchrun --nproc_per_node=4 train.py --data LabPicsV1 --out runs/ddp
+    python train.py --help                                    # every option, in groups
 
 Outputs in --out: checkpoint.pt (resumable), model.pt and best.pt (SAM 2's own format: load with
 build_sam2(config, "model.pt") or infer.py --checkpoint), log.csv and curves.png.
+
+In a notebook:
+
+    from train import Config, train
+    summary = train(Config(data="demo_data", model="tiny", checkpoint="none", steps=20))
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import fcntl
 import math
 import os
 import sys
@@ -38,6 +45,7 @@ from model import (
     MODELS,
     CheckpointError,
     Features,
+    amp_dtype,
     autocast,
     check_fits,
     encode_images,
@@ -53,139 +61,127 @@ from model import (
 
 @dataclass
 class Config:
-    data: str = ""  # dataset root (LabPics, instance-mask folder or COCO); see data.py
-    out: str = "runs/sam2"  # folder for checkpoints and logs
-    model: str = "small"  # a key of model.MODELS (the article uses small)
-    checkpoint: str | None = None  # base weights; None = official (downloaded), "none" = random
-    steps: int = 25000  # total optimizer steps (the article saw clear gains after ~25k)
-    batch_size: int = 4  # images per step (the article: 1), each with all its masks
-    max_masks: int = 32  # masks per image per step at most (random subset), bounds memory
+    """Everything a run needs; saved in every checkpoint. Defaults mirror the article."""
+
+    data: str = ""
+    out: str = "runs/sam2"
+    model: str = "small"
+    checkpoint: str | None = None  # None: official weights (downloaded); "none": random init
+    steps: int = 25000
+    batch_size: int = 4
+    max_masks: int = 32
     lr: float = 1e-5
     weight_decay: float = 4e-5
-    score_weight: float = 0.05  # weight of |predicted score - IoU|
+    score_weight: float = 0.05
     save_every: int = 1000
     eval_every: int = 500
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
-    workers: int = 2  # DataLoader processes decoding images
-    max_side: int = 1024  # images resized so the longer side is this (as the article)
-    min_area: int = 16  # instances smaller than this (pixels, after resize) are dropped
-    cache: str = "auto"  # frozen-encoder features: auto | gpu | cpu | off
-    encode_batch: int = 8  # images per encoder call while filling the cache
-    train_encoder: bool = False  # also fine-tune the image encoder (slow, no cache)
-    complex: bool = False  # LabPics: use Complex/ as well as Simple/
     resume: bool = False
     demo: bool = False
+    max_side: int = 1024
+    min_area: int = 16
+    complex: bool = False
+    workers: int = 2
+    cache: str = "auto"
+    encode_batch: int = 8
+    train_encoder: bool = False
 
+    def __post_init__(self):  # also guards Config(...) built in a notebook
+        at_least = {"steps": 1, "batch_size": 1, "max_masks": 1, "save_every": 1}
+        at_least |= {"log_every": 1, "max_side": 1, "encode_batch": 1, "eval_every": 0}
+        at_least |= {"workers": 0, "min_area": 0, "weight_decay": 0, "score_weight": 0}
+        for name, low in at_least.items():
+            if not getattr(self, name) >= low:
+                raise ValueError(f"--{flag(name)} must be >= {low}, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
+        if self.model not in MODELS:
+            raise ValueError(f"--model {self.model!r} is not one of {', '.join(MODELS)}")
+        if self.cache not in ("auto", "gpu", "cpu", "off"):
+            raise ValueError(f"--cache must be auto, gpu, cpu or off, got {self.cache!r}")
+        if not self.data:
+            raise ValueError("--data is required (or use --demo)")
 
-HELP = {
-    "data": "dataset root: LabPics V1, images/+masks/ folders, or a COCO json (see README)",
-    "out": "output folder (checkpoint.pt, model.pt, best.pt, log.csv, curves.png)",
-    "model": f"SAM 2 size: {', '.join(MODELS)}",
-    "checkpoint": "base weights file; default: official weights (downloaded if missing); "
-    "'none' = random init",
-    "steps": "total optimizer steps (a resumed run continues up to this)",
-    "batch_size": "images per step",
-    "max_masks": "at most this many masks per image per step (random subset)",
-    "lr": "AdamW learning rate",
-    "weight_decay": "AdamW weight decay",
-    "score_weight": "weight of the |predicted score - IoU| loss",
-    "save_every": "write checkpoint.pt and model.pt every N steps",
-    "eval_every": "validation IoU every N steps (and at step 0 and the end); 0 = only those",
-    "log_every": "log.csv row and progress update every N steps",
-    "seed": "seed for data order, points and init",
-    "device": "auto, cpu, cuda, cuda:1, mps",
-    "workers": "DataLoader worker processes",
-    "max_side": "resize images so the longer side is this many pixels",
-    "min_area": "drop instances smaller than this many pixels after resizing",
-    "cache": "where frozen-encoder features are kept: auto, gpu, cpu, off",
-    "encode_batch": "images per image-encoder call",
-    "train_encoder": "fine-tune the image encoder too (disables the feature cache)",
-    "complex": "LabPics: add the Complex/ part",
-    "resume": "continue from OUT/checkpoint.pt up to --steps",
-    "demo": "make demo data if absent and run a short fine-tune of the tiny model",
-}
 
 # --demo: small enough to finish in a few minutes on a 2-core CPU
-DEMO = {
-    "data": "demo_data",
-    "out": "runs/demo",
-    "model": "tiny",
-    "steps": 40,
-    "batch_size": 2,
-    "max_masks": 4,
-    "eval_every": 20,
-    "save_every": 20,
-    "log_every": 5,
-}
+DEMO = dict(data="demo_data", out="runs/demo", model="tiny", steps=40, batch_size=2, max_masks=4)
+DEMO |= dict(eval_every=20, save_every=20, log_every=5)
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    """Command line -> Config (kebab-case flags; defaults mirror the article)."""
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    given = set()
+    p.set_defaults(**{f.name: f.default for f in dataclasses.fields(Config)})
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="LabPics V1 root, images/+masks/ folders or a COCO json")
+    g.add_argument("--demo", action="store_true", help="make demo_data/ if absent; short tiny run")
+    g.add_argument("--max-side", type=int, help="resize images so the longer side is this")
+    g.add_argument("--min-area", type=int, help="drop instances under this many pixels (resized)")
+    g.add_argument("--complex", action="store_true", help="LabPics: add the Complex/ part")
+    g = p.add_argument_group("recipe")
+    g.add_argument("--steps", type=int, help="total optimizer steps (--resume continues to it)")
+    g.add_argument("--batch-size", type=int, help="images per step, each with all its masks")
+    g.add_argument("--max-masks", type=int, help="masks per image per step at most (random)")
+    g.add_argument("--lr", type=float, help="AdamW learning rate")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    g.add_argument("--score-weight", type=float, help="weight of |predicted score - IoU|")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", help="folder for checkpoints, model.pt, best.pt, log.csv, curves.png")
+    g.add_argument("--model", choices=list(MODELS), help="SAM 2 size")
+    g.add_argument(
+        "--checkpoint", help="base weights file, 'none' = random init; default: official weights"
+    )
+    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
+    g.add_argument("--seed", type=int, help="seed of data order, clicks and init")
+    g = p.add_argument_group("advanced")
+    g.add_argument("--save-every", type=int, help="write checkpoint.pt and model.pt every N steps")
+    g.add_argument("--eval-every", type=int, help="val IoU every N steps (and first/last); 0: no")
+    g.add_argument("--log-every", type=int, help="log.csv row and progress every N steps")
+    g.add_argument("--workers", type=int, help="DataLoader processes decoding images")
+    g.add_argument("--cache", choices=["auto", "gpu", "cpu", "off"], help="where features live")
+    g.add_argument("--encode-batch", type=int, help="images per image-encoder call")
+    g.add_argument(
+        "--train-encoder", action="store_true", help="fine-tune the image encoder too (no cache)"
+    )
+    return p
 
-    class Mark(argparse.Action):  # remembers which flags were typed, so --demo fills the rest
-        def __call__(self, parser, ns, values, option_string=None):
-            given.add(self.dest)
-            setattr(ns, self.dest, True if self.nargs == 0 else values)
 
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            p.add_argument(flag, action=Mark, nargs=0, default=f.default, help=HELP[f.name])
-        else:
-            typ = {"int": int, "float": float}.get(f.type, str)
-            p.add_argument(flag, action=Mark, type=typ, default=f.default, help=HELP[f.name])
-    ns = vars(p.parse_args(argv))
-    if ns["demo"]:
-        ns.update({k: v for k, v in DEMO.items() if k not in given})
-    cfg = Config(**ns)
+def parse_args(argv: list[str] | None = None) -> Config:
+    """Command line -> Config; --demo changes the defaults, flags given still win."""
+    p = build_parser()
+    if p.parse_args(argv).demo:
+        p.set_defaults(**DEMO)
     try:
-        check_config(cfg)
+        return Config(**vars(p.parse_args(argv)))
     except ValueError as e:
         p.error(str(e))
-    return cfg
 
 
-def check_config(cfg: Config) -> None:
-    """Raise ValueError naming the flag and value for anything out of range."""
-    for name in (
-        "steps",
-        "batch_size",
-        "max_masks",
-        "save_every",
-        "log_every",
-        "max_side",
-        "encode_batch",
-    ):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    for name in ("eval_every", "workers", "min_area", "weight_decay", "score_weight"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ValueError(f"--lr must be a positive number, got {cfg.lr}")
-    if cfg.model not in MODELS:
-        raise ValueError(f"--model {cfg.model!r} is not one of {', '.join(MODELS)}")
-    if cfg.cache not in ("auto", "gpu", "cpu", "off"):
-        raise ValueError(f"--cache must be auto, gpu, cpu or off, got {cfg.cache!r}")
-    if not cfg.data:
-        raise ValueError("--data is required (or use --demo)")
+# ----------------------------------------------------------------------------- set-up
 
 
-# ----------------------------------------------------------------------------- distributed
+@dataclass
+class Context:
+    rank: int
+    world: int
+    device: torch.device
+    out: Path
 
 
 def setup_distributed(device_flag: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device). Under torchrun: one process per GPU (NCCL) or CPU (gloo)."""
-    if "RANK" not in os.environ:
-        return 0, 1, resolve_device(device_flag)
-    rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     device = resolve_device(device_flag)
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
@@ -193,203 +189,308 @@ def setup_distributed(device_flag: str) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def all_sum(values: list[float], device: torch.device, world: int) -> list[float]:
-    if world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
+def claim_out(out: Path, resume: bool):
+    """Create --out and lock it for this run (a second run on it refuses at once; the kernel
+    drops the lock when this process ends, however it ends). Returns the open lock file."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = open(out / ".lock", "a+")
+    except OSError as e:
+        raise SystemExit(
+            f"error: --out {out} is not a writable folder ({e.strerror or e})"
+        ) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        raise SystemExit(
+            f"error: {out} is in use by another train.py (pid {lock.read().strip() or '?'}): "
+            "wait for it to end, or choose another --out"
+        ) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    for part in out.glob("*.part"):  # left by a run killed mid-save; nobody else writes here
+        warnings.warn(f"removing {part}, a half-written file from an interrupted save")
+        part.unlink()
+    if (out / "checkpoint.pt").exists() and not resume:
+        raise SystemExit(
+            f"error: {out / 'checkpoint.pt'} exists: pass --resume to continue that run, or "
+            "choose another --out (nothing was overwritten)"
+        )
+    return lock
 
 
-# ----------------------------------------------------------------------------- data + cache
+def read_checkpoint(path: Path, cfg: Config) -> dict:
+    """checkpoint.pt's contents (read once), checked to belong to a run like this one."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        saved = ck["config"]
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        raise CheckpointError(f"cannot resume from {path}: {e}") from None
+    if saved["model"] != cfg.model:
+        raise SystemExit(f"error: {path} is a '{saved['model']}' run, not --model {cfg.model}")
+    return ck
+
+
+def demo_checkpoint(cfg: Config) -> str | None:
+    """--demo: the official weights if present or downloadable, else random init."""
+    try:
+        resolve_checkpoint(cfg.model, cfg.checkpoint)
+        return cfg.checkpoint
+    except CheckpointError as e:
+        warnings.warn(
+            f"{e}\n--demo goes on with RANDOM weights: the curves show the loop "
+            "works, not what fine-tuning real SAM 2 weights gives."
+        )
+        return "none"
 
 
 @dataclass
-class Item:
-    """One image ready for the decoder: features (1 image), its masks (N, H, W) bool, fixed
-    points (N, 2) xy (used for validation) and its size (H, W)."""
+class State:
+    """What a resumed run needs besides weights and optimizer: where it was, what it logged."""
+
+    step: int = 0
+    first_iou: float = float("nan")  # val IoU of the base model
+    best_iou: float = -1.0
+    run_loss: float = 0.0  # running means shown in the log
+    run_iou: float = 0.0
+    seconds: float = 0.0
+
+
+def build(cfg: Config, ctx: Context, ck: dict | None):
+    """Model, optimizer, scaler, this rank's generator and State, restored from `ck` if any."""
+    torch.manual_seed(cfg.seed)  # same random init on every rank (and DDP broadcasts rank 0's)
+    sam = load_model(cfg.model, cfg.checkpoint, ctx.device)
+    params = freeze_for_finetune(sam, cfg.train_encoder)
+    opt = torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=ctx.device.type == "cuda"
+    )
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype(ctx.device) == torch.float16)
+    gen = torch.Generator(ctx.device).manual_seed(cfg.seed + 1000 * ctx.rank)
+    state = State()
+    if ck is not None:
+        path = ctx.out / "checkpoint.pt"
+        check_fits(sam, ck["model"], f"checkpoint {path} for model '{cfg.model}'")
+        sam.load_state_dict(ck["model"])
+        try:
+            opt.load_state_dict(ck["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"optimizer state in {path} does not fit this run: {e}") from None
+        for group in opt.param_groups:  # the command line wins over the saved optimizer state
+            old = {k: group[k] for k in ("lr", "weight_decay")}
+            group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
+            if old != {k: group[k] for k in old} and ctx.rank == 0:
+                print(
+                    f"resume: optimizer {old} -> lr {cfg.lr}, weight_decay {cfg.weight_decay}",
+                    file=sys.stderr,
+                )
+        scaler.load_state_dict(ck["scaler"])
+        gens = ck["gen_states"]
+        if len(gens) == ctx.world:  # each rank's own clicks go on where they stopped
+            gen.set_state(gens[ctx.rank])
+        elif ctx.rank == 0:
+            warnings.warn(f"{path} was written by {len(gens)} process(es): clicks reseeded")
+        state = State(**ck["state"])
+        if ctx.rank == 0:
+            print(f"resuming {path} at step {state.step} of {cfg.steps}", file=sys.stderr)
+    return sam, opt, scaler, gen, state
+
+
+# ----------------------------------------------------------------------------- feature cache
+
+
+@dataclass
+class CachedImage:
+    """One image ready for the decoder: encoder features (1 image), instance masks (N, H, W)
+    bool, one fixed click per mask (N, 2) xy (the validation prompts) and its size (H, W)."""
 
     feats: Features
     masks: torch.Tensor
     points: torch.Tensor
     hw: tuple[int, int]
 
-
-def loader(dataset, indices: list[int], cfg: Config, batch: int):
-    """Batches of (index, Sample | None) in `indices` order, decoded in worker processes."""
-    sub = torch.utils.data.Subset(dataset, indices)
-    return zip(
-        (indices[i : i + batch] for i in range(0, len(indices), batch)),
-        torch.utils.data.DataLoader(
-            sub,
-            batch_size=batch,
-            num_workers=cfg.workers,
-            collate_fn=list,
-            persistent_workers=False,
-            pin_memory=False,
-        ),
-    )
-
-
-def encode_samples(sam, samples: list[data.Sample], device, store, dtype) -> list[Item]:
-    """Run the image encoder on `samples` and return Items whose tensors live on `store`."""
-    feats = encode_images(sam, [s.image for s in samples])
-    items = []
-    for i, s in enumerate(samples):
-        f = feats.index([i]).to(store, dtype=dtype)
-        items.append(
-            Item(
-                f,
-                torch.from_numpy(s.masks).to(store),
-                torch.from_numpy(s.points).to(store),
-                s.image.shape[:2],
-            )
+    def to(self, device, **kw) -> CachedImage:
+        f, m, p = (
+            self.feats.to(device, **kw),
+            self.masks.to(device, **kw),
+            self.points.to(device, **kw),
         )
-    return items
+        return CachedImage(f, m, p, self.hw)
+
+    def pin(self) -> CachedImage:  # pinned CPU memory: uploads overlap the GPU's work
+        return CachedImage(
+            self.feats.pin_memory(), self.masks.pin_memory(), self.points.pin_memory(), self.hw
+        )
 
 
-def choose_cache(cfg: Config, device: torch.device, n_images: int, per_image: int) -> str:
-    """Where features go: 'gpu', 'cpu' or 'off', by --cache and the memory there is."""
-    if cfg.train_encoder:
-        return "off"  # the encoder changes every step: cached features would be stale
-    if cfg.cache != "auto":
-        return "cpu" if (cfg.cache == "gpu" and device.type != "cuda") else cfg.cache
-    need = n_images * per_image
-    if device.type == "cuda" and need < 0.5 * torch.cuda.mem_get_info(device)[0]:
-        return "gpu"
-    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    if need < 0.5 * avail:
-        return "cpu"
-    warnings.warn(
-        f"feature cache would need {need / 2**30:.1f} GiB: running without it "
-        "(every step runs the image encoder)"
-    )
-    return "off"
+class FeatureCache:
+    """Frozen-encoder features of a split's images (this rank's share), computed once: the
+    encoder does not change during a run. Kept on the GPU, or in pinned CPU memory when that
+    does not fit; with --cache off or --train-encoder, images are read and encoded when asked.
+    `ids` lists the usable images (readable, with at least one instance)."""
 
-
-class ImageStore:
-    """The images of one split (this rank's shard), as Items: cached after a first pass over
-    the files (the encoder is frozen, so an image's features never change during a run), or
-    read and encoded again each time when the cache is off."""
-
-    def __init__(self, dataset, indices: list[int], cfg: Config, sam, device, rank: int):
+    def __init__(self, dataset, indices: list[int], cfg: Config, sam, device, progress: bool):
         self.dataset, self.cfg, self.sam, self.device = dataset, cfg, sam, device
-        self.dtype = torch.float32  # the dtype autocast computes in, half the memory on GPUs
-        if device.type == "cuda":
-            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        self.items: dict[int, Item] = {}
-        self.mode: str | None = None  # decided once the first image's feature size is known
-        self.valid: list[int] = []
-        if cfg.train_encoder or cfg.cache == "off":
-            self.mode = "off"  # the pass below then only finds the usable images
-        for idxs, samples in self._batches(indices, rank):
-            keep = [(i, s) for i, s in zip(idxs, samples) if s is not None and len(s.masks)]
-            self.valid += [i for i, _ in keep]
-            if not keep or self.mode == "off":
-                continue
-            with torch.no_grad(), autocast(device):
-                items = encode_samples(sam, [s for _, s in keep], device, device, self.dtype)
-            if self.mode is None:
-                per_image = sum(
-                    t.numel() * t.element_size()
-                    for it in items
-                    for t in [it.feats.image_embed, *it.feats.high_res, it.masks]
-                ) / len(items)
-                self.mode = choose_cache(cfg, device, len(indices), int(1.5 * per_image))
-                if self.mode == "off":
-                    continue
-            store = device if self.mode == "gpu" else torch.device("cpu")
-            for i, it in zip([i for i, _ in keep], items):
-                it = Item(it.feats.to(store), it.masks.to(store), it.points.to(store), it.hw)
-                if store.type == "cpu" and device.type == "cuda":  # pinned: async uploads
-                    it = Item(
-                        it.feats.pin_memory(), it.masks.pin_memory(), it.points.pin_memory(), it.hw
-                    )
-                self.items[i] = it
-        self.mode = self.mode or "off"
+        self.dtype = amp_dtype(device) or torch.float32  # what autocast computes in
+        self.mode = "off" if cfg.train_encoder or cfg.cache == "off" else None
+        self.images: dict[int, CachedImage] = {}
+        self.ids: list[int] = []
+        self._fill(indices, progress)
 
-    def _batches(self, indices, rank):
+    def _fill(self, indices: list[int], progress: bool = False) -> None:
         from tqdm import tqdm
 
-        bar = tqdm(
-            total=len(indices),
-            desc="reading + encoding",
-            disable=rank != 0,
-            file=sys.stderr,
-            leave=False,
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(self.dataset, indices),
+            batch_size=self.cfg.encode_batch,
+            num_workers=self.cfg.workers,
+            collate_fn=list,
         )
-        for idxs, samples in loader(self.dataset, indices, self.cfg, self.cfg.encode_batch):
-            bar.update(len(idxs))
-            yield idxs, samples
+        bar = tqdm(total=len(indices), desc="reading + encoding", disable=not progress, leave=False)
+        for start, samples in zip(range(0, len(indices), self.cfg.encode_batch), loader):
+            bar.update(len(samples))
+            keep = [(i, s) for i, s in zip(indices[start:], samples) if s and len(s.masks)]
+            self.ids += [i for i, _ in keep]
+            if keep and self.mode != "off":
+                with torch.no_grad():
+                    images = self.encode([s for _, s in keep])
+                self.mode = self.mode or self._choose_mode(images, len(indices))
+                for (i, _), im in zip(keep, images):
+                    self._store(i, im)
         bar.close()
+        self.mode = self.mode or "off"
 
-    def get(self, indices: list[int], grad: bool = False) -> list[Item]:
-        """Items for `indices` on the training device (encoded now if not cached)."""
-        if self.mode != "off":
-            return [self._to_device(self.items[i]) for i in indices]
-        samples = [self.dataset[i] for i in indices]
-        samples = [s for s in samples if s is not None and len(s.masks)]
-        if not samples:
-            return []
-        with torch.set_grad_enabled(grad), autocast(self.device):
-            return encode_samples(
-                self.sam, samples, self.device, self.device, None if grad else self.dtype
+    def encode(self, samples: list[data.Sample]) -> list[CachedImage]:
+        """Run the encoder on `samples` -> one CachedImage each, on the training device."""
+        with autocast(self.device):
+            feats = encode_images(self.sam, [s.image for s in samples])
+        if not torch.is_grad_enabled():
+            feats = feats.to(dtype=self.dtype)  # half the memory; the decoder casts it anyway
+        return [
+            CachedImage(
+                feats.index([k]),
+                torch.from_numpy(s.masks).to(self.device),
+                torch.from_numpy(s.points).to(self.device),
+                s.image.shape[:2],
             )
+            for k, s in enumerate(samples)
+        ]
 
-    def _to_device(self, it: Item) -> Item:
-        d = self.device
-        return Item(
-            it.feats.to(d, non_blocking=True),
-            it.masks.to(d, non_blocking=True),
-            it.points.to(d, non_blocking=True),
-            it.hw,
-        )
+    def _choose_mode(self, images: list[CachedImage], n: int) -> str:
+        """'gpu', 'cpu' or 'off' by --cache and the free memory, from the first batch's size."""
+        if self.cfg.cache != "auto":
+            return (
+                "cpu" if self.cfg.cache == "gpu" and self.device.type != "cuda" else self.cfg.cache
+            )
+        tensors = [t for im in images for t in (im.feats.image_embed, *im.feats.high_res, im.masks)]
+        need = 1.5 * n * sum(t.numel() * t.element_size() for t in tensors) / len(images)
+        if self.device.type == "cuda" and need < 0.5 * torch.cuda.mem_get_info(self.device)[0]:
+            return "gpu"
+        if need < 0.5 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"):
+            return "cpu"
+        warnings.warn(f"feature cache would need {need / 2**30:.1f} GiB: running without it")
+        return "off"
+
+    def _store(self, i: int, im: CachedImage) -> None:
+        if self.mode == "gpu":
+            self.images[i] = im
+        elif self.mode == "cpu":
+            im = im.to("cpu")
+            self.images[i] = im.pin() if self.device.type == "cuda" else im
+
+    def keep(self, ids: list[int]) -> None:
+        """Hold exactly `ids` (reading and encoding the ones not held yet)."""
+        self.images = {i: self.images[i] for i in ids if i in self.images}
+        new = [i for i in ids if i not in self.ids]
+        self.ids = [i for i in self.ids if i in ids]
+        self._fill(new)
+
+    def get(self, ids: list[int]) -> list[CachedImage]:
+        """CachedImages of `ids` on the training device (read and encoded now if not cached)."""
+        if self.mode != "off":
+            return [self.images[i].to(self.device, non_blocking=True) for i in ids]
+        samples = [self.dataset[i] for i in ids]
+        if not all(s and len(s.masks) for s in samples):
+            raise data.DataError(f"an image of {ids} became unreadable during the run")
+        return self.encode(samples)
 
 
-def batch_indices(step: int, valid: list[int], batch_size: int, seed: int) -> list[int]:
+def share_images(cache: FeatureCache, world: int, rank: int) -> None:
+    """Deal the usable images out again when some rank has none of its own (the others would
+    wait for it forever); every rank raises the same error when there are none at all."""
+    if world > 1:
+        lists: list = [None] * world
+        dist.all_gather_object(lists, cache.ids)
+        usable = sorted(i for ids in lists for i in ids)
+        if usable and min(map(len, lists)) == 0:
+            cache.keep(usable[rank::world] or [usable[rank % len(usable)]])
+    else:
+        usable = cache.ids
+    if not usable:
+        raise data.DataError("no usable training image: every one was unreadable or empty")
+
+
+def open_data(cfg: Config):
+    """The train split and the validation split (empty, with a warning, if there is none)."""
+    args = (cfg.max_side, cfg.min_area, cfg.seed, cfg.complex)
+    train_set = data.load_split(cfg.data, "train", *args)
+    try:
+        val_set = data.load_split(cfg.data, "test", *args)
+    except data.DataError as e:
+        warnings.warn(f"no validation images ({e}): val IoU will not be measured")
+        val_set = data.SegDataset([])
+    return train_set, val_set
+
+
+def batch_indices(step: int, ids: list[int], batch_size: int, seed: int) -> list[int]:
     """The images of `step`: a deterministic function of (seed, step), so a resumed run draws
-    the same batches as an uninterrupted one. Epochs are fresh permutations of `valid`."""
-    n, out, perms = len(valid), [], {}
+    the same batches as an uninterrupted one. Epochs are fresh permutations of `ids`."""
+    n, out, perms = len(ids), [], {}
     for pos in range(step * batch_size, (step + 1) * batch_size):
         epoch, k = divmod(pos, n)
         if epoch not in perms:
             g = torch.Generator().manual_seed(seed * 100003 + epoch)
             perms[epoch] = torch.randperm(n, generator=g).tolist()
-        out.append(valid[perms[epoch][k]])
+        out.append(ids[perms[epoch][k]])
     return out
 
 
-# ----------------------------------------------------------------------------- model + loss
+# ----------------------------------------------------------------------------- recipe
 
 
-class PromptDecoder(torch.nn.Module):
-    """SAM 2's prompt encoder + mask decoder as one module, so DDP wraps exactly what trains."""
+@dataclass
+class Batch:
+    """One step's prompts: features of B images, img_idx (M,) the image of each mask, sizes
+    (B, 2) as (H, W), masks per image [(N_i, H_i, W_i) bool] (sum N_i = M, in img_idx order)
+    and points (M, 2) one random click (x, y) inside each mask."""
 
-    def __init__(self, sam):
-        super().__init__()
-        self.sam = sam
-
-    def forward(self, image_embed, high_res_0, high_res_1, img_idx, points, sizes):
-        feats = Features(image_embed, [high_res_0, high_res_1])
-        return predict_logits(self.sam, feats, img_idx, points, sizes)
+    feats: Features
+    img_idx: torch.Tensor
+    sizes: torch.Tensor
+    masks: list[torch.Tensor]
+    points: torch.Tensor
 
 
-def prompts(items: list[Item], max_masks: int, gen: torch.Generator):
-    """One random point in each of up to `max_masks` random masks per image.
-
-    Returns features of the batch, img_idx (M,), points (M, 2), sizes (B, 2) and the ground
-    truth masks chosen per image (list of (N_i, H_i, W_i) bool)."""
-    gts, pts, idx = [], [], []
-    for b, it in enumerate(items):
-        m = it.masks
+def sample_batch(images: list[CachedImage], max_masks: int, gen: torch.Generator) -> Batch:
+    """Up to `max_masks` random masks per image, one random click in each."""
+    masks, points, idx = [], [], []
+    for b, im in enumerate(images):
+        m = im.masks
         if len(m) > max_masks:
             m = m[torch.randperm(len(m), generator=gen, device=gen.device)[:max_masks]]
-        gts.append(m)
-        pts.append(data.sample_points(m, gen))
+        masks.append(m)
+        points.append(data.sample_points(m, gen))
         idx.append(torch.full((len(m),), b, dtype=torch.long, device=m.device))
-    feats = Features.cat([it.feats for it in items])
-    sizes = torch.tensor([it.hw for it in items], device=feats.image_embed.device)
-    return feats, torch.cat(idx), torch.cat(pts), sizes, gts
+    feats = Features.cat([im.feats for im in images])
+    sizes = torch.tensor([im.hw for im in images], device=feats.image_embed.device)
+    return Batch(feats, torch.cat(idx), sizes, masks, torch.cat(points))
+
+
+def mask_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """IoU of (N, H, W) bool masks, row by row -> (N,); an empty union counts 0."""
+    inter = (pred & gt).flatten(1).sum(1)
+    return inter / (pred | gt).flatten(1).sum(1).clamp(min=1)
 
 
 def compute_loss(
@@ -406,13 +507,8 @@ def compute_loss(
     for gt in gts:
         n = len(gt)
         logits = upscale_logits(low_res[start : start + n, :1], gt.shape[-2:])[:, 0]
-        target = gt.to(logits.dtype)
-        seg = F.binary_cross_entropy_with_logits(logits, target)
-        with torch.no_grad():
-            pred = logits > 0
-            inter = (pred & gt).flatten(1).sum(1)
-            union = (pred | gt).flatten(1).sum(1)
-            iou = inter / union.clamp(min=1)
+        seg = F.binary_cross_entropy_with_logits(logits, gt.to(logits.dtype))
+        iou = mask_iou(logits.detach() > 0, gt)
         score = (scores[start : start + n, 0].float() - iou).abs().mean()
         losses.append(seg + score_weight * score)
         ious.append(iou)
@@ -420,60 +516,67 @@ def compute_loss(
     return torch.stack(losses).mean(), torch.cat(ious)
 
 
-def train_step(
-    decoder,
-    sam,
-    items: list[Item],
-    opt,
-    scaler,
-    gen: torch.Generator,
-    cfg: Config,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on `items`. Returns (loss, iou per mask), still on the device.
-    A non-finite loss skips the update (the caller counts these)."""
-    feats, img_idx, pts, sizes, gts = prompts(items, cfg.max_masks, gen)
+def article_recipe(sam, batch: Batch, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The article: each mask's click decoded once; its loss. Returns (loss, IoU per mask)."""
+    low_res, scores = predict_logits(sam, batch.feats, batch.img_idx, batch.points, batch.sizes)
+    return compute_loss(low_res, scores, batch.masks, cfg.score_weight)
+
+
+class Trainable(torch.nn.Module):
+    """SAM 2 behind one forward that runs a recipe, so DDP wraps exactly one call per step."""
+
+    def __init__(self, sam):
+        super().__init__()
+        self.sam = sam
+
+    def forward(self, recipe, batch: Batch, cfg: Config):
+        return recipe(self.sam, batch, cfg)
+
+
+def train_step(trainer, batch: Batch, opt, scaler, cfg: Config, device: torch.device):
+    """One optimizer step. Returns (loss, IoU per mask) on the device; loss is None when the
+    loss or the gradients were not finite, and the update was skipped."""
     with autocast(device):
-        low_res, scores = decoder(feats.image_embed, *feats.high_res, img_idx, pts, sizes)
-    loss, iou = compute_loss(low_res, scores, gts, cfg.score_weight)
+        loss, iou = trainer(article_recipe, batch, cfg)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    # The one host sync per step, after backward so the GPU has queued work while we wait.
-    finite = torch.isfinite(loss.detach()).int()
+    finite = torch.isfinite(loss.detach())
+    if not scaler.is_enabled():  # under fp16 the GradScaler skips non-finite gradients itself
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        finite &= torch.isfinite(torch.nn.utils.get_total_norm(grads))
     if dist.is_initialized():  # ranks must agree, or one would step while another skips
+        finite = finite.int()
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    if not finite:  # a NaN/inf must never reach the weights (or the optimizer state)
+    if not finite:  # the one host sync per step; a NaN/inf never reaches the weights
         opt.zero_grad(set_to_none=True)
-        return torch.full_like(loss.detach(), float("nan")), iou
+        return None, iou
     scaler.step(opt)
     scaler.update()
     return loss.detach(), iou
 
 
 @torch.no_grad()
-def evaluate(sam, store: ImageStore, device, world: int, chunk: int = 64) -> float:
-    """Mean IoU of the masks predicted from each val image's fixed, seeded points."""
+def evaluate(sam, cache: FeatureCache, device, world: int, chunk: int = 64) -> float:
+    """Mean IoU of the masks predicted from each val image's fixed click (all ranks)."""
+    modes = [m.training for m in sam.modules()]
+    sam.eval()
     total, count = 0.0, 0
-    for i in store.valid:
-        (it,) = store.get([i])
-        n = len(it.masks)
-        for s in range(0, n, chunk):
-            pts = it.points[s : s + chunk].float()
+    for i in cache.ids:
+        (im,) = cache.get([i])
+        for s in range(0, len(im.masks), chunk):
+            pts = im.points[s : s + chunk].float()
+            zeros = torch.zeros(len(pts), dtype=torch.long, device=device)
             with autocast(device):
-                low_res, _ = predict_logits(
-                    sam,
-                    it.feats,
-                    torch.zeros(len(pts), dtype=torch.long, device=device),
-                    pts,
-                    torch.tensor([it.hw], device=device),
-                )
-            pred = upscale_logits(low_res[:, :1], it.hw)[:, 0] > 0
-            gt = it.masks[s : s + chunk]
-            inter = (pred & gt).flatten(1).sum(1)
-            union = (pred | gt).flatten(1).sum(1).clamp(min=1)
-            total += (inter / union).sum().item()
+                low_res, _ = predict_logits(sam, im.feats, zeros, pts, torch.tensor([im.hw]))
+            pred = upscale_logits(low_res[:, :1], im.hw)[:, 0] > 0
+            total += mask_iou(pred, im.masks[s : s + chunk]).sum().item()
             count += len(pts)
-    total, count = all_sum([total, count], device, world)
+    if world > 1:
+        t = torch.tensor([total, count], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        total, count = t.tolist()
+    for m, mode in zip(sam.modules(), modes):
+        m.train(mode)
     return total / count if count else float("nan")
 
 
@@ -496,50 +599,30 @@ def save_atomic(obj, path: Path) -> None:
         raise
 
 
+def gather_generators(gen: torch.Generator, world: int) -> list[torch.Tensor]:
+    """Every rank's generator state (all ranks must call this), so each resumes as its own."""
+    if world == 1:
+        return [gen.get_state()]
+    states: list = [None] * world
+    dist.all_gather_object(states, gen.get_state())
+    return states
+
+
 def save_checkpoint(
-    out: Path, sam, opt, scaler, step: int, cfg: Config, gen, extra: dict, best: bool = False
+    out: Path, sam, opt, scaler, cfg: Config, state: State, gens: list, best: bool = False
 ) -> None:
-    """checkpoint.pt (resumable) and model.pt (SAM 2 format); best.pt too when `best`.
-    `extra` (best/first val IoU, running means, seconds so far) goes into checkpoint.pt."""
+    """checkpoint.pt (resumable) and model.pt (SAM 2 format); best.pt too when `best`."""
     sd = {k: v.detach().cpu() for k, v in sam.state_dict().items()}
     bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise RuntimeError(f"refusing to save non-finite weights at step {step}: {bad[:3]}")
-    meta = {"model_name": cfg.model, "config": dataclasses.asdict(cfg), "step": step}
+        raise RuntimeError(f"refusing to save non-finite weights at step {state.step}: {bad[:3]}")
+    meta = {"model_name": cfg.model, "config": dataclasses.asdict(cfg), "step": state.step}
     save_atomic({"model": sd, **meta}, out / "model.pt")
     if best:
         save_atomic({"model": sd, **meta}, out / "best.pt")
-    save_atomic(
-        {
-            "model": sd,
-            **meta,
-            "optimizer": opt.state_dict(),
-            "scaler": scaler.state_dict(),
-            "gen_state": gen.get_state(),
-            **extra,
-        },
-        out / "checkpoint.pt",
-    )
-
-
-def load_checkpoint(path: Path, sam, opt, scaler, gen) -> dict:
-    """Restore weights, optimizer, scaler and RNG from checkpoint.pt; return its contents.
-    Raises CheckpointError naming the file if it cannot be read or does not fit."""
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        sd, opt_sd = ck["model"], ck["optimizer"]
-    except Exception as e:
-        raise CheckpointError(f"cannot resume from {path}: {e}") from None
-    check_fits(sam, sd, f"checkpoint {path} for model '{ck.get('model_name')}'")
-    sam.load_state_dict(sd)
-    try:
-        opt.load_state_dict(opt_sd)
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(f"optimizer state in {path} does not fit this run: {e}") from None
-    if ck.get("scaler"):
-        scaler.load_state_dict(ck["scaler"])
-    gen.set_state(ck["gen_state"].to(gen.get_state().device))
-    return ck
+    resume = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "gen_states": gens}
+    state_d = {"state": dataclasses.asdict(state)}
+    save_atomic({"model": sd, **meta, **resume, **state_d}, out / "checkpoint.pt")
 
 
 # ----------------------------------------------------------------------------- logging
@@ -587,217 +670,75 @@ def plot_curves(log_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- the run
 
 
-def demo_checkpoint(cfg: Config) -> str | None:
-    """--demo: the official weights if present or downloadable, else random init."""
-    try:
-        resolve_checkpoint(cfg.model, cfg.checkpoint)
-        return cfg.checkpoint
-    except CheckpointError as e:
-        warnings.warn(
-            f"{e}\n--demo goes on with RANDOM weights: the curves show the loop "
-            "works, not what fine-tuning real SAM 2 weights gives."
-        )
-        return "none"
-
-
-def train(cfg: Config) -> dict:
-    """Run (or resume) a fine-tune as configured. Returns a summary dict (rank 0's view)."""
+def fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache) -> None:
+    """The training loop: batch -> forward -> loss -> step -> log / evaluate / save."""
     from tqdm import tqdm
 
-    rank, world, device = setup_distributed(cfg.device)
-    out = Path(cfg.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    ck_path = out / "checkpoint.pt"
-    if ck_path.exists() and not cfg.resume:
-        raise SystemExit(
-            f"{ck_path} exists: pass --resume to continue that run, or choose "
-            "another --out (nothing was overwritten)"
-        )
-    if cfg.resume and ck_path.exists():
-        try:
-            saved = torch.load(ck_path, map_location="cpu", weights_only=True, mmap=True)
-            saved = saved["config"]
-        except Exception as e:  # torch raises many types for a corrupt or foreign file
-            raise CheckpointError(f"cannot resume from {ck_path}: {e}") from None
-        if saved["model"] != cfg.model:
-            raise SystemExit(f"{ck_path} is a '{saved['model']}' run, not --model {cfg.model}")
-    if cfg.demo:
-        if rank == 0 and not Path(cfg.data).exists():
-            data.make_demo(cfg.data)
-        if cfg.checkpoint is None:
-            cfg.checkpoint = demo_checkpoint(cfg)
-        if world > 1:
-            dist.barrier()
+    rank0 = ctx.rank == 0
+    log_f, log = open_log(ctx.out / "log.csv", state.step) if rank0 else (None, None)
+    t0, secs_before, bad, masks_seen = time.time(), state.seconds, 0, 0
 
-    torch.manual_seed(cfg.seed)  # same random init on every rank (and DDP broadcasts rank 0's)
-    sam = load_model(cfg.model, cfg.checkpoint, device)
-    params = freeze_for_finetune(sam, cfg.train_encoder)
-    sam.train()
-    if not cfg.train_encoder:
-        sam.image_encoder.eval()
-    opt = torch.optim.AdamW(
-        params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
-    )
-    fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    gen = torch.Generator(device).manual_seed(cfg.seed + 1000 * rank)
-    step, best_iou, first_iou = 0, -1.0, None
-    run_loss, run_iou, secs_before = 0.0, 0.0, 0.0  # running means and time of earlier runs
-    if cfg.resume and ck_path.exists():
-        ck = load_checkpoint(ck_path, sam, opt, scaler, gen)
-        step, best_iou, first_iou = ck["step"], ck["best_iou"], ck["first_iou"]
-        # so a resumed run logs the same curve, and the same clock, as an uninterrupted one
-        run_loss, run_iou = ck.get("run_loss", 0.0), ck.get("run_iou", 0.0)
-        secs_before = ck.get("seconds", 0.0)
-        if rank == 0:
-            print(f"resuming {ck_path} at step {step} of {cfg.steps}", file=sys.stderr)
-    elif cfg.resume and rank == 0:
-        print(f"--resume: no {ck_path} yet, starting from step 0", file=sys.stderr)
-    if step >= cfg.steps:
-        if rank == 0:
-            print(
-                f"{ck_path} is already at step {step} (--steps {cfg.steps}): nothing to do. "
-                f"val IoU at step 0: {first_iou:.4f} -> best {best_iou:.4f}",
-                file=sys.stderr,
-            )
-        return {"step": step, "first_iou": first_iou, "best_iou": best_iou, "out": str(out)}
-    decoder = PromptDecoder(sam)
-    if world > 1:
-        decoder = torch.nn.parallel.DistributedDataParallel(decoder, find_unused_parameters=True)
+    def save(best: bool) -> None:
+        state.seconds = secs_before + time.time() - t0
+        gens = gather_generators(gen, ctx.world)
+        if rank0:
+            save_checkpoint(ctx.out, sam, opt, scaler, cfg, state, gens, best)
 
-    train_set = data.load_split(
-        cfg.data, "train", cfg.max_side, cfg.min_area, cfg.seed, cfg.complex
-    )
-    try:
-        val_set = data.load_split(
-            cfg.data, "test", cfg.max_side, cfg.min_area, cfg.seed, cfg.complex
-        )
-    except data.DataError as e:
-        warnings.warn(f"no validation images ({e}): val IoU will not be measured")
-        val_set = data.SegDataset([])
-    shard = list(range(rank, len(train_set), world))
-    train_store = ImageStore(train_set, shard, cfg, sam, device, rank)
-    val_store = ImageStore(val_set, list(range(rank, len(val_set), world)), cfg, sam, device, rank)
-    if not train_store.valid:
-        raise SystemExit(
-            f"no usable training images in {cfg.data} for rank {rank} "
-            f"(of {world}): every image was unreadable or had no instances"
-        )
-    if rank == 0:
-        print(
-            f"{len(train_set)} train / {len(val_set)} val images; feature cache: "
-            f"{train_store.mode}; device {device}, {world} process(es)",
-            file=sys.stderr,
-        )
+    def log_row(**row) -> None:
+        log.writerow({"step": state.step, "lr": opt.param_groups[0]["lr"], **row})
+        log_f.flush()
 
-    def run_eval():
-        sam.eval()
-        iou = evaluate(sam, val_store, device, world)
-        sam.train()
-        if not cfg.train_encoder:
-            sam.image_encoder.eval()
-        return iou
-
-    log_f, log = open_log(out / "log.csv", step) if rank == 0 else (None, None)
-    t0 = time.time()
-
-    def run_state() -> dict:
-        return {
-            "best_iou": best_iou,
-            "first_iou": first_iou,
-            "run_loss": run_loss,
-            "run_iou": run_iou,
-            "seconds": secs_before + time.time() - t0,
-        }
-
-    if step == 0:
-        first_iou = best_iou = run_eval()
-        if rank == 0:  # the base model is the best so far: best.pt never is worse than it
-            log.writerow({"step": 0, "val_iou": f"{first_iou:.4f}", "lr": cfg.lr, "seconds": 0.0})
-            log_f.flush()
-            save_checkpoint(out, sam, opt, scaler, 0, cfg, gen, run_state(), best=True)
-    bar = tqdm(
-        total=cfg.steps, initial=step, disable=rank != 0, file=sys.stderr, dynamic_ncols=True
-    )
-    bad_steps, masks_seen = 0, 0
-    while step < cfg.steps:
-        items = train_store.get(
-            batch_indices(step, train_store.valid, cfg.batch_size, cfg.seed), grad=cfg.train_encoder
-        )
-        if not items:  # only if files changed since the first pass
-            step += 1
-            bar.update(1)
-            continue
-        loss, iou = train_step(decoder, sam, items, opt, scaler, gen, cfg, device)
-        step += 1
-        if not torch.isfinite(loss):
-            bad_steps += 1
-            warnings.warn(f"step {step}: non-finite loss, update skipped")
-            if bad_steps >= 5:
+    if state.step == 0:  # the base model is the best so far: best.pt is never worse than it
+        state.first_iou = state.best_iou = evaluate(sam, val_cache, ctx.device, ctx.world)
+        if rank0:
+            log_row(val_iou=f"{state.first_iou:.4f}", seconds=0.0)
+        save(best=True)
+    bar = tqdm(total=cfg.steps, initial=state.step, disable=not rank0, dynamic_ncols=True)
+    while state.step < cfg.steps:
+        ids = batch_indices(state.step, train_cache.ids, cfg.batch_size, cfg.seed)
+        batch = sample_batch(train_cache.get(ids), cfg.max_masks, gen)
+        loss, iou = train_step(trainer, batch, opt, scaler, cfg, ctx.device)
+        state.step += 1
+        bar.update(1)
+        if loss is None:
+            bad += 1
+            warnings.warn(f"step {state.step}: non-finite loss or gradients, update skipped")
+            if bad >= 5:
                 raise SystemExit(
-                    f"{bad_steps} non-finite losses in a row at step {step}: "
-                    "stopping (try a lower --lr); the last checkpoint is intact"
+                    f"error: {bad} non-finite steps in a row at step {state.step}: stopping "
+                    "(try a lower --lr); the last checkpoint is intact"
                 )
             continue
-        bad_steps = 0
-        masks_seen += len(iou)
-        k = 1 / min(step, 100)  # a plain mean over the first 100 steps, then the article's EMA
-        run_loss += k * (loss.item() - run_loss)
-        run_iou += k * (iou.mean().item() - run_iou)
-        bar.update(1)
-        do_eval = step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0)
-        val_iou = run_eval() if do_eval else None
-        is_best = val_iou is not None and val_iou > best_iou
-        if is_best:
-            best_iou = val_iou
-        if rank == 0 and (step % cfg.log_every == 0 or val_iou is not None):
+        bad, masks_seen = 0, masks_seen + len(iou)
+        k = 1 / min(state.step, 100)  # a plain mean over the first 100 steps, then an EMA
+        state.run_loss += k * (loss.item() - state.run_loss)
+        state.run_iou += k * (iou.mean().item() - state.run_iou)
+        val = None
+        if state.step == cfg.steps or (cfg.eval_every and state.step % cfg.eval_every == 0):
+            val = evaluate(sam, val_cache, ctx.device, ctx.world)
+        best = val is not None and val > state.best_iou
+        state.best_iou = val if best else state.best_iou
+        if rank0 and (state.step % cfg.log_every == 0 or val is not None):
             secs = time.time() - t0
-            bar.set_postfix(
-                loss=f"{run_loss:.4f}",
-                iou=f"{run_iou:.3f}",
-                masks_s=f"{masks_seen / max(secs, 1e-9):.0f}",
+            rate = f"{masks_seen / max(secs, 1e-9):.0f}"
+            bar.set_postfix(loss=f"{state.run_loss:.4f}", iou=f"{state.run_iou:.3f}", masks_s=rate)
+            log_row(
+                loss=f"{state.run_loss:.5f}",
+                train_iou=f"{state.run_iou:.4f}",
+                val_iou="" if val is None else f"{val:.4f}",
+                seconds=f"{secs_before + secs:.1f}",
             )
-            log.writerow(
-                {
-                    "step": step,
-                    "loss": f"{run_loss:.5f}",
-                    "train_iou": f"{run_iou:.4f}",
-                    "val_iou": "" if val_iou is None else f"{val_iou:.4f}",
-                    "lr": opt.param_groups[0]["lr"],
-                    "seconds": f"{secs_before + secs:.1f}",
-                }
-            )
-            log_f.flush()
-        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps or is_best):
-            save_checkpoint(out, sam, opt, scaler, step, cfg, gen, run_state(), best=is_best)
+        if state.step % cfg.save_every == 0 or state.step == cfg.steps or best:
+            save(best)
     bar.close()
-    if world > 1:
-        check_replicas(sam, device)
-    summary = {
-        "step": step,
-        "first_iou": first_iou,
-        "best_iou": best_iou,
-        "out": str(out),
-        "model": sam,
-    }
-    if rank == 0:
+    if rank0:
         log_f.close()
-        plot_curves(out / "log.csv", out / "curves.png")
-        print(
-            f"done: {step} steps. val IoU at step 0: {first_iou:.4f} -> best {best_iou:.4f}. "
-            f"Files: {out / 'model.pt'} (final), {out / 'best.pt'} (best val), "
-            f"{ck_path} (resume), {out / 'log.csv'}, {out / 'curves.png'}"
-        )
-    if world > 1:
-        dist.destroy_process_group()
-    return summary
 
 
-def check_replicas(sam, device) -> None:
+def check_replicas(sam) -> None:
     """DDP keeps replicas identical; verify it (cheaply, by per-tensor sums) before finishing."""
     sums = torch.stack([p.detach().double().sum() for p in sam.parameters() if p.requires_grad])
     ref = sums.clone()
@@ -806,6 +747,74 @@ def check_replicas(sam, device) -> None:
         raise RuntimeError(f"rank {dist.get_rank()}: weights drifted from rank 0")
     if dist.get_rank() == 0:
         print("replicas identical across ranks", file=sys.stderr)
+
+
+def train(cfg: Config) -> dict:
+    """Run (or resume) a fine-tune as configured. Returns a summary (rank 0's view): step,
+    first_iou, best_iou, out and the trained model."""
+    rank, world, device = setup_distributed(cfg.device)
+    ctx = Context(rank, world, device, Path(cfg.out))
+    if cfg.demo and rank == 0 and not Path(cfg.data).exists():
+        data.make_demo(cfg.data)
+    if cfg.demo and cfg.checkpoint is None:
+        cfg.checkpoint = demo_checkpoint(cfg)
+    train_set, val_set = open_data(cfg)  # before --out exists: a bad dataset leaves nothing
+    fresh = not ctx.out.exists()
+    lock = claim_out(ctx.out, cfg.resume) if rank == 0 else None
+    try:
+        if world > 1:
+            dist.barrier()
+        ck_path = ctx.out / "checkpoint.pt"
+        ck = read_checkpoint(ck_path, cfg) if cfg.resume and ck_path.exists() else None
+        if cfg.resume and ck is None and rank == 0:
+            print(f"--resume: no {ck_path} yet, starting from step 0", file=sys.stderr)
+        sam, opt, scaler, gen, state = build(cfg, ctx, ck)
+        del ck
+        summary = {"out": str(ctx.out), "model": sam}
+        if state.step >= cfg.steps:
+            if rank == 0:
+                print(f"{ck_path} is already at step {state.step}: nothing to do", file=sys.stderr)
+            return {**summary, **dataclasses.asdict(state)}
+        sam.train()
+        sam.image_encoder.train(cfg.train_encoder)
+        trainer = Trainable(sam)
+        if world > 1:
+            trainer = torch.nn.parallel.DistributedDataParallel(
+                trainer, find_unused_parameters=True
+            )
+        train_cache = FeatureCache(
+            train_set, list(range(rank, len(train_set), world)), cfg, sam, device, rank == 0
+        )
+        share_images(train_cache, world, rank)
+        val_cache = FeatureCache(
+            val_set, list(range(rank, len(val_set), world)), cfg, sam, device, rank == 0
+        )
+        if rank == 0:
+            print(
+                f"{len(train_set)} train / {len(val_set)} val images; feature cache: "
+                f"{train_cache.mode}; device {device}, {world} process(es)",
+                file=sys.stderr,
+            )
+        fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
+    except BaseException:
+        if rank == 0 and fresh and {p.name for p in ctx.out.iterdir()} <= {".lock"}:
+            (ctx.out / ".lock").unlink(missing_ok=True)
+            ctx.out.rmdir()  # a run that failed before writing anything leaves no folder
+        raise
+    finally:
+        if lock is not None:
+            lock.close()
+    if world > 1:
+        check_replicas(sam)
+        dist.destroy_process_group()
+    if rank == 0:
+        plot_curves(ctx.out / "log.csv", ctx.out / "curves.png")
+        print(
+            f"done: {state.step} steps. val IoU at step 0: {state.first_iou:.4f} -> best "
+            f"{state.best_iou:.4f}. Files in {ctx.out}: model.pt (final), best.pt (best val), "
+            "checkpoint.pt (resume), log.csv, curves.png"
+        )
+    return {**summary, **dataclasses.asdict(state)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 import data
 from data import DataError, Record
@@ -67,20 +68,9 @@ def make_labpics(root: Path, n_train: int = 2, n_test: int = 1) -> None:
             write(root / "Simple" / split / "Instance" / f"{split}{i}.png", ann)
 
 
-def rle_encode_string(counts: list[int]) -> str:
-    """Test-side COCO compressed-RLE encoder (inverse of the format data.py decodes)."""
-    out = []
-    for i, x in enumerate(counts):
-        if i > 2:
-            x -= counts[i - 2]
-        while True:
-            c = x & 0x1F
-            x >>= 5
-            more = x != -1 if c & 0x10 else x != 0
-            out.append(chr(48 + (c | 0x20 if more else c)))
-            if not more:
-                break
-    return "".join(out)
+def rle_compressed(mask: np.ndarray) -> str:
+    """COCO compressed RLE counts of a (H, W) bool mask, as a JSON file holds them."""
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
 
 
 def rle_counts(mask: np.ndarray) -> list[int]:
@@ -178,16 +168,6 @@ def test_palette_label_png_gives_indices(tmp_path):
     assert np.array_equal(data.read_label_map(tmp_path / "p.png"), lab)
 
 
-def test_rle_decode_known_string():
-    # counts [0, 3, 2, 1] hand-encoded: the 4th run is stored as 1 - 3 = -2 -> 'N'
-    assert data._rle_string_to_counts("032N") == [0, 3, 2, 1]
-    m = data.rle_decode("032N", [2, 3])  # column-major: cols [1,1], [1,0], [0,1]
-    assert m.tolist() == [[True, True, False], [True, False, True]]
-    assert data.rle_decode([0, 3, 2, 1], [2, 3]).tolist() == m.tolist()
-    with pytest.raises(ValueError):
-        data.rle_decode([1, 2], [2, 3])
-
-
 def coco_fixture(tmp_path: Path, h: int = 12, w: int = 16) -> tuple[Path, list[np.ndarray]]:
     """COCO JSON with a polygon, uncompressed RLE, compressed RLE and a crowd region."""
     rng = np.random.default_rng(1)
@@ -196,9 +176,9 @@ def coco_fixture(tmp_path: Path, h: int = 12, w: int = 16) -> tuple[Path, list[n
     rle_c = rng.random((h, w)) > 0.7  # irregular, so long runs and diffs get exercised
     rle_c[:6] = False
     poly = np.zeros((h, w), bool)
-    poly[1:4, 6:12] = True  # fillPoly includes the vertices' pixels
+    poly[1:4, 6:12] = True  # pixel edges: x 6..12, y 1..4
     anns = [
-        {"id": 1, "image_id": 1, "iscrowd": 0, "segmentation": [[6, 1, 11, 1, 11, 3, 6, 3]]},
+        {"id": 1, "image_id": 1, "iscrowd": 0, "segmentation": [[6, 1, 12, 1, 12, 4, 6, 4]]},
         {
             "id": 2,
             "image_id": 1,
@@ -209,7 +189,7 @@ def coco_fixture(tmp_path: Path, h: int = 12, w: int = 16) -> tuple[Path, list[n
             "id": 3,
             "image_id": 1,
             "iscrowd": 0,
-            "segmentation": {"size": [h, w], "counts": rle_encode_string(rle_counts(rle_c))},
+            "segmentation": {"size": [h, w], "counts": rle_compressed(rle_c)},
         },
         {
             "id": 4,
@@ -254,11 +234,91 @@ def test_coco_split_files_and_image_dir(tmp_path):
         )
         for n in names:  # standard COCO: root/train2017/, root/val2017/
             write(tmp_path / f"{split}2017" / n, noise_image(6, 8))
-    train = data.find_records(tmp_path, "train")
-    test = data.find_records(tmp_path, "test")
-    assert [r.image.name for r in train] == ["t0.png", "t1.png"]
-    assert [r.image for r in test] == [tmp_path / "val2017" / "v0.png"]
+    assert image_names(data.find_records(tmp_path, "train")) == ["t0.png", "t1.png"]
+    assert [r.image for r in data.find_records(tmp_path, "test")] == [
+        tmp_path / "val2017" / "v0.png"
+    ]
     assert len(data.load_split(tmp_path, "train", max_side=8)) == 2
+
+
+def write_coco(path: Path, names: list[str], anns: list[dict] | None = None) -> Path:
+    """COCO JSON of 8x6 images `names` (written to images/ beside it), by default one
+    polygon instance each."""
+    ims = [{"id": i, "file_name": n, "width": 8, "height": 6} for i, n in enumerate(names)]
+    if anns is None:
+        anns = [
+            {"id": i, "image_id": i, "segmentation": [[1, 1, 5, 1, 5, 4]]}
+            for i in range(len(names))
+        ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"images": ims, "annotations": anns}))
+    for n in names:
+        write(path.parent / "images" / n, noise_image(6, 8))
+    return path
+
+
+def image_names(records: list[Record]) -> list[str]:
+    return [r.image.name for r in records]
+
+
+def test_coco_unusable_annotations_skipped_and_named(tmp_path):
+    h, w = 6, 8
+    ok = np.zeros((h, w), bool)
+    ok[1:4, 1:5] = True
+    rles = {
+        8: [5, 10],  # covers 15 of the 48 pixels
+        9: rle_compressed(ok[:, :-1]),  # a 6x7 mask's runs: 42 pixels
+        10: [5, 100],  # past the end
+    }
+    anns = [{"id": 1, "image_id": 0, "segmentation": {"size": [h, w], "counts": rle_counts(ok)}}]
+    anns += [{"id": 7, "image_id": 0, "bbox": [0, 0, 3, 3]}]  # no segmentation
+    anns += [
+        {"id": i, "image_id": 0, "segmentation": {"size": [h, w], "counts": c}}
+        for i, c in rles.items()
+    ]
+    js = write_coco(tmp_path / "instances.json", ["a.png"], anns)
+    rec = data.find_records(js, "all")[0]
+    pat = (
+        r"a\.png: skipped annotation id 7: no segmentation \(bounding box only\); "
+        r"annotation id 8: RLE runs cover fewer.*; annotation id 9: RLE runs cover fewer.*; "
+        r"annotation id 10: Invalid RLE"
+    )
+    with pytest.warns(UserWarning, match=pat):
+        s = data.read_sample(rec, max_side=8, min_area=1)
+    assert len(s.masks) == 1 and np.array_equal(s.masks[0], ok)
+    text = data.summarize(js)
+    assert "min 1 / mean 1.0 / max 1" in text and "skipped: 0 files, 4 annotations" in text
+    assert "a.png: annotation id 7: no segmentation (bounding box only)" in text
+    assert "a.png: annotation id 9: RLE runs cover fewer than the image's 6x8 pixels" in text
+
+
+def test_coco_trainval_file_is_one_split(tmp_path):
+    ann = tmp_path / "annotations"
+    write_coco(ann / "instances_trainval2017.json", [f"a{i}.png" for i in range(5)])
+    write_coco(ann / "instances_test2017.json", ["b0.png"])
+    assert image_names(data.find_records(tmp_path, "train")) == [f"a{i}.png" for i in range(5)]
+    assert image_names(data.find_records(tmp_path, "test")) == ["b0.png"]
+    text = data.summarize(tmp_path)
+    assert "instances_trainval2017.json -> train" in text
+    assert "instances_test2017.json -> test" in text
+    # a trainval file alone is no test split: its images are held out 80/20 by name
+    (ann / "instances_test2017.json").unlink()
+    train, test = (image_names(data.find_records(tmp_path, s)) for s in ("train", "test"))
+    assert len(train) == 4 and len(test) == 1 and not set(train) & set(test)
+    assert "instances_trainval2017.json -> 80% train / 20% test by name hash" in data.summarize(
+        tmp_path
+    )
+
+
+@pytest.mark.parametrize("text", ["[]", '{"annotations": []}', "{not json"])
+def test_broken_coco_json_is_an_error(tmp_path, capsys, text):
+    js = tmp_path / "instances.json"
+    js.write_text(text)
+    with pytest.raises(DataError, match=r"instances\.json: not a readable COCO"):
+        data.find_records(js)
+    assert data.main([str(js)]) == 1
+    err = capsys.readouterr().err
+    assert "instances.json: not a readable COCO instances JSON" in err
 
 
 # ----------------------------------------------------------------------------- splits
@@ -286,6 +346,15 @@ def test_folder_train_test_subdirs(tmp_path):
     assert len(recs) == 2 and all(r.image.parent == tmp_path / "val" / "images" for r in recs)
 
 
+def test_folder_train_without_test_holds_out_20_percent(tmp_path):
+    make_folder(tmp_path / "train", 10)
+    train, test = (image_names(data.find_records(tmp_path, s)) for s in ("train", "test"))
+    assert len(train) == 8 and len(test) == 2 and not set(train) & set(test)
+    # the same images as when the folder itself is given
+    assert image_names(data.find_records(tmp_path / "train", "test")) == test
+    assert "train/images -> 80% train / 20% test by name hash" in data.summarize(tmp_path)
+
+
 # ----------------------------------------------------------------------------- samples
 
 
@@ -296,7 +365,6 @@ def test_sample_resize_points_determinism(tmp_path):
     assert s.image.shape == (40, 60, 3) and s.image.dtype == np.uint8
     assert s.masks.shape == (2, 40, 60) and s.masks.dtype == bool
     assert s.points.shape == (2, 2) and s.points.dtype == np.float32
-    assert s.labels.dtype == np.int32 and s.labels.tolist() == [1, 1]
     assert s.name == str(rec.image)
     for m, (x, y) in zip(s.masks, s.points, strict=True):
         assert m[int(y), int(x)]
@@ -352,21 +420,17 @@ def test_sample_points_cuda_matches_cpu():
     assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
 
 
-def test_dataset_collate_dataloader(tmp_path):
+def test_dataset_dataloader_workers(tmp_path):
     make_folder(tmp_path, 5)
     write(tmp_path / "masks" / "im04.png", np.zeros((20, 30), np.uint8))  # no instances
     ds = data.SegDataset(data.find_records(tmp_path, "all"), max_side=30, min_area=1, seed=7)
     assert len(ds) == 5 and len(ds[4].masks) == 0
     direct = {ds[i].name: ds[i].points for i in range(5)}
-    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, collate_fn=data.collate)
-    batches = list(loader)
-    got = [s for b in batches for s in b]
-    assert [len(b) for b in batches] == [3, 1]  # empty-mask image dropped
-    assert len(got) == 4 and not any(s.name.endswith("im04.png") for s in got)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, collate_fn=list)
+    got = [s for b in loader for s in b]
+    assert len(got) == 5
     for s in got:  # same points in workers as in this process
         assert np.array_equal(s.points, direct[s.name])
-    kept = data.collate([None, ds[4], ds[0]])
-    assert [s.name for s in kept] == [ds[0].name]
 
 
 # ----------------------------------------------------------------------------- image variants
@@ -389,7 +453,7 @@ def test_read_rgb_gray_rgba_16bit(tmp_path):
     assert (data.read_rgb(write(tmp_path / "g16.png", gray16)) == 9).all()
 
 
-def test_exif_orientation_ignored_for_image_and_mask(tmp_path):
+def test_exif_orientation_applied_to_image_not_mask(tmp_path):
     h, w = 20, 40
     pix = np.zeros((h, w, 3), np.uint8)
     pix[:, : w // 2] = 255  # left half white in the stored pixel grid
@@ -399,16 +463,53 @@ def test_exif_orientation_ignored_for_image_and_mask(tmp_path):
     Image.fromarray(pix).save(tmp_path / "images" / "a.jpg", exif=exif.tobytes(), quality=95)
     with Image.open(tmp_path / "images" / "a.jpg") as im:  # the tag really is there
         assert im.getexif()[0x0112] == 6
-    lab = np.zeros((h, w), np.uint8)
-    lab[:, : w // 2] = 1
-    write(tmp_path / "masks" / "a.png", lab)
     img = data.read_rgb(tmp_path / "images" / "a.jpg")
-    assert img.shape == (h, w, 3)
-    assert img[:, :15].mean() > 200 and img[:, 25:].mean() < 50
+    assert np.array_equal(img, cv2.imread(str(tmp_path / "images" / "a.jpg"))[..., ::-1])
+    assert img.shape == (w, h, 3)  # turned clockwise: the white half is now on top
+    assert img[:15].mean() > 200 and img[25:].mean() < 50
+    lab = np.zeros((w, h), np.uint8)  # drawn on the image as displayed
+    lab[: w // 2] = 1
+    write(tmp_path / "masks" / "a.png", lab)
     rec = data.find_records(tmp_path, "all")[0]
     assert data.check_record(rec) is None
     s = data.read_sample(rec, max_side=w, min_area=1)
     assert s.image[s.masks[0]].mean() > 200  # the mask sits on the white half
+    assert data.read_label_map(rec.annotation).shape == (w, h)  # label PNGs are not turned
+    write(tmp_path / "masks" / "a.png", np.ones((h, w), np.uint8))  # the stored grid's size
+    assert "is 20x40 but annotation" in data.check_record(rec)
+    with pytest.raises(DataError, match="size mismatch"):
+        data.read_sample(rec)
+
+
+def test_colour_label_png_one_instance_per_colour(tmp_path):
+    bgr = np.zeros((20, 30, 4), np.uint8)
+    bgr[..., 3] = 255
+    colours = [(0, 0, 255), (0, 255, 0), (0, 255, 255), (255, 0, 0)]  # red green yellow blue
+    for k, c in enumerate(colours):
+        bgr[2:8, 7 * k : 7 * k + 5, :3] = c
+    bgr[15:, :, 3] = 128  # alpha is not part of the colour
+    write(tmp_path / "images" / "a.png", noise_image(20, 30))
+    write(tmp_path / "masks" / "a.png", bgr)
+    lab = data.read_label_map(tmp_path / "masks" / "a.png")
+    assert lab.dtype == np.int32 and sorted(np.unique(lab).tolist()) == [0, 1, 2, 3, 4]
+    s = data.read_sample(data.find_records(tmp_path, "all")[0], max_side=30, min_area=1)
+    assert len(s.masks) == 4 and (s.masks.sum((1, 2)) == 30).all()
+    # the same file through the LabPics reader: channel 2 = vessels, channel 0 = materials
+    merged = data.read_label_map(tmp_path / "masks" / "a.png", labpics=True)
+    assert len(np.unique(merged)) - 1 == 2
+    assert "min 4 / mean 4.0 / max 4" in data.summarize(tmp_path)
+
+
+def test_resize_nearest_exact_any_dtype():
+    ids = np.arange(12, dtype=np.int32).reshape(3, 4) * 70000  # ids past uint16
+    up = data.resize_nearest(ids, (6, 8))
+    assert up.dtype == np.int32 and np.array_equal(up, ids.repeat(2, 0).repeat(2, 1))
+    assert np.array_equal(data.resize_nearest(up, (3, 4)), ids)
+    masks = np.random.default_rng(0).random((5, 7, 3)) > 0.5  # (h, w, n) bool
+    out = data.resize_nearest(masks, (10, 14))
+    assert out.dtype == bool and out.shape == (10, 14, 3)
+    assert np.array_equal(out[::2, ::2], masks)
+    assert np.array_equal(data.resize_longest(ids, 8, nearest=True), up)
 
 
 # ----------------------------------------------------------------------------- bad inputs
@@ -439,7 +540,7 @@ def test_zero_byte_image(tmp_path):
         data.read_rgb(tmp_path / "images" / "im01.png")
     with pytest.warns(UserWarning, match=r"im01\.png.*zero-byte"):
         ds = data.load_split(tmp_path, "all", max_side=30)
-    assert len(ds) == 3 and len(ds.skipped) == 1
+    assert len(ds) == 3
 
 
 def test_truncated_images(tmp_path):
@@ -512,7 +613,7 @@ def test_make_demo_deterministic_and_loads(tmp_path):
     assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files)
     ds = data.load_split(a, "train", max_side=256)
     assert len(ds) == 3 and len(data.load_split(a, "test", max_side=256)) == 2
-    for s in data.collate([ds[i] for i in range(3)]):
+    for s in (ds[i] for i in range(3)):
         assert max(s.image.shape[:2]) == 256 and len(s.masks) >= 2
         assert all(m[int(y), int(x)] for m, (x, y) in zip(s.masks, s.points, strict=True))
     ann = cv2.imread(str(a / "Simple/Train/Instance/demo_train_000.png"), cv2.IMREAD_UNCHANGED)
@@ -541,3 +642,11 @@ def test_summarize_and_cli(tmp_path, capsys):
         timeout=60,
     )
     assert r.returncode == 1 and "nope" in r.stderr and "layouts looked for" in r.stderr
+
+
+def test_summary_lists_images_without_instances(tmp_path):
+    make_folder(tmp_path, 5)
+    write(tmp_path / "masks" / "im02.png", np.zeros((20, 30), np.uint8))
+    text = data.summarize(tmp_path)
+    assert "1 images without instances (not trained on): im02.png" in text
+    assert "min 0 /" in text

@@ -3,8 +3,10 @@ computes what SAM 2's own predictor computes."""
 
 import http.server
 import threading
+import types
 import warnings
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,10 +91,64 @@ def test_checkpoint_that_does_not_fit(tmp_path, tiny_model):
         load_model("tiny", str(path))
 
 
+def test_checkpoint_of_another_size_names_it(tmp_path, tiny_model):
+    """A bare state_dict (or {'model': sd}) of tiny loaded as small: 'does not fit', and which
+    --model it is for; model_name_in reads the same from the shapes."""
+    sd = tiny_model.state_dict()
+    torch.save(sd, tmp_path / "w.pt")
+    assert model.model_name_in(tmp_path / "w.pt") == "tiny"
+    with pytest.raises(CheckpointError, match=r"w\.pt.*'small' does not fit.*--model tiny$"):
+        load_model("small", str(tmp_path / "w.pt"))
+    torch.save({"model": sd}, tmp_path / "w.pt")  # read_state_dict reads both forms alike
+    assert model.model_name_in(tmp_path / "w.pt") == "tiny"
+    sd_20 = {k: v for k, v in sd.items() if "obj_ptr_tpos_proj" not in k}
+    assert model.guess_model(sd_20) == "tiny"  # no_obj_embed_spatial alone tells 2.1 from 2.0
+    sd_20.pop("no_obj_embed_spatial")
+    assert model.guess_model(sd_20) == "tiny-2.0"
+    assert model.guess_model({"x": torch.zeros(1)}) is None
+
+
+def test_guess_model_agrees_with_sam2_configs():
+    """Every model in MODELS is told from the others by the config values guess_model reads
+    (configs are read, not built: building 'large' on a CPU is slow)."""
+    import inspect
+
+    import sam2
+    from omegaconf import OmegaConf
+    from sam2.modeling.backbones.hieradet import Hiera
+
+    default_stages = inspect.signature(Hiera).parameters["stages"].default
+    for name, (config, _) in model.MODELS.items():
+        cfg = OmegaConf.load(Path(sam2.__file__).parent / config).model
+        trunk = cfg.image_encoder.trunk
+        sd = {"image_encoder.trunk.patch_embed.proj.weight": torch.zeros(trunk.embed_dim, 3, 7, 7)}
+        for i in range(sum(trunk.get("stages", default_stages))):
+            sd[f"image_encoder.trunk.blocks.{i}.norm1.weight"] = torch.zeros(1)
+        if cfg.get("no_obj_embed_spatial"):
+            sd["no_obj_embed_spatial"] = torch.zeros(1)
+        assert model.guess_model(sd) == name
+
+
+def test_non_finite_checkpoint_refused(tmp_path, tiny_model):
+    sd = dict(tiny_model.state_dict())
+    key = next(k for k in sd if k.startswith("sam_mask_decoder."))
+    sd[key] = sd[key].clone()
+    sd[key].view(-1)[0] = float("inf")
+    torch.save({"model": sd}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=rf"bad\.pt has non-finite weights.*{key}"):
+        load_model("tiny", str(tmp_path / "bad.pt"))
+
+
 def test_corrupt_and_missing_checkpoint(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="bad.pt"):
+    with pytest.raises(CheckpointError, match=r"bad\.pt is not a PyTorch checkpoint$"):
+        load_model("tiny", str(bad))
+    bad.write_bytes(b"}")  # torch's own error for this one says nothing
+    with pytest.raises(CheckpointError, match=r"bad\.pt is not a PyTorch checkpoint$"):
+        load_model("tiny", str(bad))
+    bad.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"bad\.pt: empty file$"):
         load_model("tiny", str(bad))
     with pytest.raises(CheckpointError, match="nope.pt does not exist"):
         load_model("tiny", str(tmp_path / "nope.pt"))
@@ -116,12 +172,16 @@ def test_own_checkpoint_roundtrip(tmp_path, tiny_model):
             assert torch.equal(a, b), k
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
 class _Server:
     """A local HTTP server on 127.0.0.1 serving `root`, stopped on exit."""
 
     def __init__(self, root):
-        handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-        handler.log_message = lambda *a: None
+        handler = partial(_QuietHandler, directory=str(root))
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -160,9 +220,21 @@ def test_download_official_checkpoint(tmp_path, monkeypatch, tiny_model):
     assert sorted(p.name for p in cache.iterdir()) == ["sam2.1_hiera_tiny.pt"]  # no partials
 
 
+def test_download_cut_off(tmp_path):
+    """A transfer that ends early without an error (served here as half a file) is refused and
+    leaves nothing behind."""
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.save({"w": torch.zeros(1000)}, tmp_path / "whole.pt")
+    (served / "x.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:2000])
+    with _Server(served) as srv, pytest.raises(CheckpointError, match="(?s)incomplete.*put it at"):
+        model.download(srv.url + "x.pt", tmp_path / "cache" / "x.pt")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_download_unreachable(tmp_path):
     with pytest.raises(CheckpointError, match="--checkpoint none"):
-        model.download("http://127.0.0.1:9/x.pt", tmp_path / "x.pt", progress=False)
+        model.download("http://127.0.0.1:9/x.pt", tmp_path / "x.pt")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -179,6 +251,25 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("capability", "dtype"),
+    [((7, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16)],
+)
+def test_amp_dtype_by_compute_capability(monkeypatch, capability, dtype):
+    """bf16 only on cards with bf16 units; V100 (7.0) and T4 (7.5) emulate it (torch's
+    is_bf16_supported() says yes there), so they get fp16. Faked, so it runs on CPU."""
+    props = types.SimpleNamespace(major=capability[0], minor=capability[1])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: props)
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    cuda = torch.device("cuda")
+    assert model.autocast(cuda).fast_dtype == dtype
+    assert model.amp_dtype(cuda) == dtype
+    assert model.amp_dtype(torch.device("cpu")) is None
 
 
 @pytest.mark.cuda

@@ -15,9 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import bench
 import data
 import train
-from model import MODELS, freeze_for_finetune, predict_logits
+from model import MODELS, encode_images, freeze_for_finetune, predict_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = [
@@ -164,6 +165,21 @@ def test_resume_from_a_corrupt_checkpoint_names_it(demo, tmp_path):
         train.main(["--data", str(demo), "--out", str(tmp_path), "--steps", "2", "--resume", *FAST])
 
 
+def cached(sam, samples) -> list:
+    """CachedImages of `samples` on the CPU, fp32 (what train.FeatureCache holds)."""
+    with torch.no_grad():
+        feats = encode_images(sam, [s.image for s in samples])
+    return [
+        train.CachedImage(
+            feats.index([k]),
+            torch.from_numpy(s.masks),
+            torch.from_numpy(s.points),
+            s.image.shape[:2],
+        )
+        for k, s in enumerate(samples)
+    ]
+
+
 def test_loss_falls(demo):
     """A few dozen steps on cached demo features lower the loss."""
     cfg = train.parse_args(["--data", str(demo), "--out", "unused", *FAST, "--lr", "1e-4"])
@@ -176,27 +192,26 @@ def test_loss_falls(demo):
     params = freeze_for_finetune(sam)
     sam.train()
     ds = data.load_split(demo, "train")
-    store = train.ImageStore(ds, list(range(len(ds))), cfg, sam, torch.device("cpu"), 0)
-    assert store.mode == "cpu" and len(store.items) == len(store.valid) == 3
+    cache = train.FeatureCache(ds, list(range(len(ds))), cfg, sam, torch.device("cpu"), False)
+    assert cache.mode == "cpu" and len(cache.images) == len(cache.ids) == 3
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     gen = torch.Generator().manual_seed(0)
-    fixed = store.get(store.valid)
+    fixed = cache.get(cache.ids)
 
     def fixed_loss():
-        g = torch.Generator().manual_seed(123)
         with torch.no_grad():
-            feats, idx, pts, sizes, gts = train.prompts(fixed, 3, g)
-            low, sc = predict_logits(sam, feats, idx, pts, sizes)
-            return train.compute_loss(low, sc, gts)[0].item()
+            batch = train.sample_batch(fixed, 3, torch.Generator().manual_seed(123))
+            return train.article_recipe(sam, batch, cfg)[0].item()
 
     before = fixed_loss()
     for step in range(24):
-        items = store.get(train.batch_indices(step, store.valid, 2, 0))
+        images = cache.get(train.batch_indices(step, cache.ids, 2, 0))
+        batch = train.sample_batch(images, cfg.max_masks, gen)
         loss, _ = train.train_step(
-            train.PromptDecoder(sam), sam, items, opt, scaler, gen, cfg, torch.device("cpu")
+            train.Trainable(sam), batch, opt, scaler, cfg, torch.device("cpu")
         )
-        assert torch.isfinite(loss)
+        assert loss is not None and torch.isfinite(loss)
     assert fixed_loss() < 0.8 * before
 
 
@@ -207,38 +222,14 @@ def test_loss_matches_the_article(demo, tiny_model):
     sam = copy.deepcopy(tiny_model)
     sample = data.load_split(demo, "train")[0]
     predictor = SAM2ImagePredictor(sam)
-    # The article's step: set_image, _prep_prompts, prompt encoder, decoder on the last image.
-    predictor.set_image(sample.image)
     input_point = sample.points[:, None, :]
     input_label = np.ones((len(sample.points), 1))
-    mask_input, unnorm_coords, labels, unnorm_box = predictor._prep_prompts(
-        input_point, input_label, box=None, mask_logits=None, normalize_coords=True
+    article, iou = bench.article_loss(
+        predictor, sample.image, sample.masks, input_point, input_label, torch.device("cpu")
     )
-    sparse, dense = sam.sam_prompt_encoder(points=(unnorm_coords, labels), boxes=None, masks=None)
-    high_res = [f[-1].unsqueeze(0) for f in predictor._features["high_res_feats"]]
-    low_res, prd_scores, _, _ = sam.sam_mask_decoder(
-        image_embeddings=predictor._features["image_embed"][-1].unsqueeze(0),
-        image_pe=sam.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=True,
-        repeat_image=True,
-        high_res_features=high_res,
-    )
-    prd_masks = predictor._transforms.postprocess_masks(low_res, predictor._orig_hw[-1])
-    gt_mask = torch.tensor(sample.masks.astype(np.float32))
-    prd_mask = torch.sigmoid(prd_masks[:, 0])
-    seg_loss = (
-        -gt_mask * torch.log(prd_mask + 0.00001)
-        - (1 - gt_mask) * torch.log((1 - prd_mask) + 0.00001)
-    ).mean()
-    inter = (gt_mask * (prd_mask > 0.5)).sum(1).sum(1)
-    iou = inter / (gt_mask.sum(1).sum(1) + (prd_mask > 0.5).sum(1).sum(1) - inter)
-    score_loss = torch.abs(prd_scores[:, 0] - iou).mean()
-    article = seg_loss + score_loss * 0.05
 
     with torch.no_grad():
-        items = train.encode_samples(sam, [sample], "cpu", "cpu", torch.float32)
+        items = cached(sam, [sample])
         n = len(sample.masks)
         ours_low, ours_scores = predict_logits(
             sam,
@@ -257,11 +248,11 @@ def test_batch_keeps_each_images_own_features(demo, tiny_model):
     variant gave every image the last image's high-res features)."""
     ds = data.load_split(demo, "train")
     samples = [ds[0], ds[1]]
+    items = cached(tiny_model, samples)
     with torch.no_grad():
-        items = train.encode_samples(tiny_model, samples, "cpu", "cpu", torch.float32)
-        gen = torch.Generator().manual_seed(0)
-        feats, idx, pts, sizes, gts = train.prompts(items, 3, gen)
-        both, _ = predict_logits(tiny_model, feats, idx, pts, sizes)
+        batch = train.sample_batch(items, 3, torch.Generator().manual_seed(0))
+        idx, pts, sizes = batch.img_idx, batch.points, batch.sizes
+        both, _ = predict_logits(tiny_model, batch.feats, idx, pts, sizes)
         for b in range(2):
             sel = idx == b
             alone, _ = predict_logits(
@@ -306,17 +297,9 @@ def test_refuses_to_save_nan_weights(tmp_path, tiny_model):
         params[0].fill_(float("nan"))
     opt = torch.optim.AdamW(params)
     cfg = train.Config(data="x", out=str(tmp_path))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
     with pytest.raises(RuntimeError, match="non-finite"):
-        train.save_checkpoint(
-            tmp_path,
-            sam,
-            opt,
-            torch.amp.GradScaler("cpu", enabled=False),
-            3,
-            cfg,
-            torch.Generator(),
-            {},
-        )
+        train.save_checkpoint(tmp_path, sam, opt, scaler, cfg, train.State(step=3), [])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -325,8 +308,8 @@ def test_refuses_to_save_nan_weights(tmp_path, tiny_model):
     [
         (["--steps", "0"], "--steps must be >= 1"),
         (["--lr", "-1"], "--lr must be a positive"),
-        (["--model", "huge"], "--model 'huge'"),
-        (["--cache", "disk"], "--cache must be"),
+        (["--model", "huge"], "--model: invalid choice: 'huge'"),
+        (["--cache", "disk"], "--cache: invalid choice: 'disk'"),
         (["--batch-size", "x"], "invalid int value"),
     ],
 )
@@ -385,47 +368,105 @@ def test_sigkill_then_resume(demo, tmp_path):
 
     while saved_step() < 1 and time.time() < deadline:
         time.sleep(1)
+    # a second run on the same folder refuses at once, naming the live one
+    other = subprocess.run([*cmd, "--steps", "50", "--resume"], capture_output=True, text=True)
+    assert other.returncode != 0 and f"in use by another train.py (pid {proc.pid})" in other.stderr
     time.sleep(1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
     assert 1 <= step < 50
+    (out / "model.pt.x1y2.part").write_bytes(b"half a file")  # as a kill mid-save leaves
     res = subprocess.run(
         [*cmd, "--steps", str(step + 2), "--resume"], capture_output=True, text=True, timeout=300
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"resuming {out / 'checkpoint.pt'} at step {step}" in res.stderr
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == step + 2
+    assert not list(out.glob("*.part")) and "removing" in res.stderr  # the stale lock did not block
 
 
-def test_torchrun_two_processes_keep_replicas_identical(demo, tmp_path):
-    out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def test_new_lr_on_resume_is_used(demo, tmp_path, capsys):
+    common = ["--data", str(demo), "--out", str(tmp_path), "--eval-every", "0", *FAST]
+    run([*common, "--steps", "1"])
+    run([*common, "--steps", "2", "--resume", "--lr", "3e-4"])
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ck["config"]["lr"] == 3e-4
+    assert {g["lr"] for g in ck["optimizer"]["param_groups"]} == {3e-4}
+    assert "lr 0.0003" in capsys.readouterr().err
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [float(r["lr"]) for r in rows] == [1e-5, 1e-5, 3e-4]
+
+
+@pytest.mark.parametrize("where", ["file", "file/sub"])
+def test_out_is_a_file(demo, tmp_path, where):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(SystemExit, match=rf"--out .*{where} is not a writable folder"):
+        train.main(["--data", str(demo), "--out", str(tmp_path / where), *FAST])
+
+
+def test_failed_run_leaves_no_folder(tmp_path):
+    root = data.make_demo(tmp_path / "d", n_train=1, n_test=0)
+    (ann,) = (root / "Simple" / "Train" / "Instance").glob("*.png")
+    cv2_write_zeros(ann)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="no usable training image"):
+        train.main(["--data", str(root), "--out", str(out), *FAST])
+    assert not out.exists()
+
+
+def cv2_write_zeros(png: Path) -> None:
+    import cv2
+
+    cv2.imwrite(str(png), np.zeros_like(cv2.imread(str(png))))
+
+
+def test_diverging_run_stops_cleanly(demo, tmp_path):
+    """lr 1e3 blows the weights up: updates with non-finite loss or gradients are skipped,
+    the run stops with a clear message, and what was saved is finite."""
     res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_port=29517",
-            str(ROOT / "train.py"),
-            "--data",
-            str(demo),
-            "--out",
-            str(out),
-            "--steps",
-            "3",
-            "--eval-every",
-            "0",
-            *FAST,
-        ],
+        [sys.executable, str(ROOT / "train.py"), "--data", str(demo), "--out", str(tmp_path)]
+        + ["--steps", "30", "--lr", "1e3", "--eval-every", "0", "--save-every", "1", *FAST],
         capture_output=True,
         text=True,
         timeout=600,
-        env=env,
     )
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    if res.returncode != 0:
+        assert (
+            "non-finite steps in a row" in res.stderr and "last checkpoint is intact" in res.stderr
+        )
+    sd = torch.load(tmp_path / "model.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
+
+
+def torchrun(args: list[str], port: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    cmd += [f"--master_port={port}", str(ROOT / "train.py"), *args, *FAST]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "replicas identical across ranks" in res.stderr
-    assert "2 process(es)" in res.stderr
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
+    return res
+
+
+def test_torchrun_resume_equals_uninterrupted(demo, tmp_path):
+    """Each rank's click stream resumes as its own: 2 + 2 steps == 4 steps, under torchrun."""
+    common = ["--data", str(demo), "--eval-every", "0", "--save-every", "2"]
+    whole = torchrun([*common, "--out", str(tmp_path / "a"), "--steps", "4"], 29518)
+    assert "replicas identical across ranks" in whole.stderr
+    torchrun([*common, "--out", str(tmp_path / "b"), "--steps", "2"], 29519)
+    torchrun([*common, "--out", str(tmp_path / "b"), "--steps", "4", "--resume"], 29520)
+    a = trainable(torch.load(tmp_path / "a" / "model.pt", weights_only=True)["model"])
+    b = trainable(torch.load(tmp_path / "b" / "model.pt", weights_only=True)["model"])
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_torchrun_one_usable_image(tmp_path):
+    """Two ranks, one usable image: the images are dealt out after filtering, nobody hangs."""
+    root = data.make_demo(tmp_path / "d", n_train=2, n_test=1)
+    cv2_write_zeros(sorted((root / "Simple" / "Train" / "Instance").glob("*.png"))[1])
+    out = tmp_path / "out"
+    torchrun(["--data", str(root), "--out", str(out), "--steps", "2", "--eval-every", "0"], 29521)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2

@@ -1,0 +1,313 @@
+"""Score a SAM 2 model on a split with click curves: the interactive protocol SAM reports.
+
+    python evaluate.py --data LabPicsV1 --model small                      # official weights
+    python evaluate.py --data LabPicsV1 --checkpoint runs/labpics/best.pt  # a fine-tuned model
+    python evaluate.py --data demo_data --model tiny --checkpoint none --max-clicks 5 --device cpu
+
+Every mask of every image is segmented from clicks alone. Click 1 is at the centre of the object;
+each next click is at the centre of the largest error of the current prediction (the point
+farthest from the error's boundary, over the missed-object and extra-background maps, image
+border counting as boundary, as in SAM / RITM), positive on missed object, negative on extra
+background. Clicks accumulate, and the previous pass's low-res logits go in as the mask prompt
+(what SAM 2 is trained with; micro-sam reports both ways). One click: the output of the three
+with the highest predicted IoU, as a user would be shown.
+
+    mIoU@k   mean IoU after k clicks (k = 1, 3, 5)
+    NoC@85   mean number of clicks to reach IoU 0.85, at most --max-clicks (never: counts the max)
+    NoC@90   the same for IoU 0.90
+    box mIoU mean IoU from the ground-truth bounding box as the only prompt
+
+The image encoder runs once per image; every click is a decoder pass on its cached features.
+Results are printed and written to --out (eval.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+import data
+from model import (
+    CheckpointError,
+    Features,
+    autocast,
+    encode_images,
+    load_model,
+    model_name_in,
+    plain_warnings,
+    resolve_device,
+    upscale_logits,
+)
+from recipes import decode
+
+CURVE_AT = (1, 3, 5)  # mIoU reported after these many clicks
+NOC_AT = (0.85, 0.90)
+
+# predict(points (N, K, 2) | None, labels (N, K) | None, boxes (N, 4) | None, state)
+#   -> (masks (N, H, W) bool, state); state is None on the first call of a sequence
+Predictor = Callable[[Any, Any, Any, Any], tuple[np.ndarray, Any]]
+
+
+def mask_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool x2 -> (N,) IoU (0 when both are empty)."""
+    inter = (pred & gt).reshape(len(gt), -1).sum(1)
+    union = (pred | gt).reshape(len(gt), -1).sum(1)
+    return inter / np.maximum(union, 1)
+
+
+def _depth(region: np.ndarray) -> np.ndarray:
+    """Distance of each pixel of `region` to its boundary, the image border included."""
+    padded = np.pad(region.astype(np.uint8), 1)
+    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+
+
+def next_clicks(gts: np.ndarray, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SAM's next click per mask: (N, H, W) bool gts and predictions -> points (N, 2) float (x, y)
+    pixels, labels (N,) int (1 on missed object, 0 on extra background) and has_error (N,)
+    bool (False: the prediction is exact and the click is meaningless)."""
+    n, w = len(gts), gts.shape[-1]
+    points, labels = np.zeros((n, 2), np.float32), np.zeros(n, np.int64)
+    has_error = np.zeros(n, bool)
+    for i in range(n):
+        missed, extra = _depth(gts[i] & ~preds[i]), _depth(preds[i] & ~gts[i])
+        positive = missed.max() > extra.max()
+        depth = missed if positive else extra
+        idx = int(depth.argmax())
+        points[i], labels[i], has_error[i] = (idx % w, idx // w), positive, depth.max() > 0
+    return points, labels, has_error
+
+
+def click_ious(
+    predict: Predictor, gts: np.ndarray, max_clicks: int = 20, stop_iou: float = 0.9
+) -> np.ndarray:
+    """IoU after each of 1..max_clicks clicks, (N, max_clicks), for the (N, H, W) bool `gts`.
+
+    A mask stops receiving clicks once it has had max(CURVE_AT) clicks and reached `stop_iou`
+    (all the metrics need); its later entries repeat its last IoU. Stopped masks, and masks
+    predicted exactly, repeat their last click, which adds nothing.
+    """
+    n = len(gts)
+    ious = np.zeros((n, max_clicks))
+    preds = np.zeros_like(gts)
+    points, labels = np.zeros((n, 0, 2), np.float32), np.zeros((n, 0), np.int64)
+    active, state = np.ones(n, bool), None
+    for k in range(max_clicks):
+        pt, lab, has_error = next_clicks(gts, preds)
+        if k > 0:
+            repeat = ~active | ~has_error
+            pt[repeat], lab[repeat] = points[repeat, -1], labels[repeat, -1]
+        points = np.concatenate([points, pt[:, None]], 1)
+        labels = np.concatenate([labels, lab[:, None]], 1)
+        preds, state = predict(points, labels, None, state)
+        iou = mask_iou(preds, gts)
+        ious[:, k] = np.where(active, iou, ious[:, k - 1])
+        active &= ~((iou >= stop_iou) & (k + 1 >= max(CURVE_AT)))
+        if not active.any():
+            ious[:, k + 1 :] = ious[:, k : k + 1]
+            break
+    return ious
+
+
+def gt_boxes(gts: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, 4) float xyxy: inclusive pixel bounds, as SAM 2's mask_to_box."""
+    boxes = np.zeros((len(gts), 4), np.float32)
+    for i, m in enumerate(gts):
+        ys, xs = np.nonzero(m)
+        boxes[i] = xs.min(), ys.min(), xs.max(), ys.max()
+    return boxes
+
+
+def score_masks(
+    predict: Predictor, gts: np.ndarray, max_clicks: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """Click curves (N, max_clicks) and box IoUs (N,) for the (N, H, W) bool `gts` of one image."""
+    box_masks, _ = predict(None, None, gt_boxes(gts), None)
+    return click_ious(predict, gts, max_clicks), mask_iou(box_masks, gts)
+
+
+def summarize(curves: np.ndarray, box_ious: np.ndarray) -> dict[str, float]:
+    """Per-mask results of a split -> the metrics (means over masks), plus counts."""
+    n, max_clicks = curves.shape
+    out: dict[str, float] = {}
+    for k in CURVE_AT:
+        if k <= max_clicks:
+            out[f"miou@{k}"] = float(curves[:, k - 1].mean()) if n else float("nan")
+    for t in NOC_AT:
+        reached = curves >= t
+        noc = np.where(reached.any(1), reached.argmax(1) + 1, max_clicks)
+        out[f"noc@{round(t * 100)}"] = float(noc.mean()) if n else float("nan")
+    out["box_miou"] = float(box_ious.mean()) if n else float("nan")
+    out["masks"], out["max_clicks"] = n, max_clicks
+    return out
+
+
+# ----------------------------------------------------------------------------- SAM 2
+
+
+def model_predictor(sam, feats: Features, hw: tuple[int, int]) -> Predictor:
+    """A Predictor for one image's cached `feats` (1 image) of size `hw` (H, W). Its state is
+    the low-res logits (N, 1, 256, 256) of the output shown, fed back as the mask prompt."""
+    device = feats.image_embed.device
+    sizes = torch.tensor([hw], device=device)
+
+    def tensor(a, dtype):
+        return None if a is None else torch.as_tensor(a, dtype=dtype, device=device)
+
+    @torch.no_grad()
+    def predict(points, labels, boxes, state):
+        n = len(points if points is not None else boxes)
+        with autocast(device):
+            low, scores = decode(
+                sam,
+                feats,
+                torch.zeros(n, dtype=torch.long, device=device),
+                sizes,
+                tensor(points, torch.float32),
+                tensor(labels, torch.int),
+                tensor(boxes, torch.float32),
+                state,
+                multimask=boxes is None and points.shape[1] == 1,
+            )
+        shown = low[torch.arange(n, device=device), scores.argmax(1)][:, None]
+        return (upscale_logits(shown, hw)[:, 0] > 0).cpu().numpy(), shown
+
+    return predict
+
+
+def evaluate_features(
+    sam,
+    items: Iterable[tuple[Features, Any, tuple[int, int]]],
+    max_clicks: int = 20,
+    chunk: int = 32,
+    progress: bool = True,
+    total: int | None = None,
+) -> dict[str, float]:
+    """Metrics over images given as (features of 1 image, masks (N, H, W) bool array or tensor,
+    (H, W)), e.g. train.py's cached validation items. `chunk` masks are decoded at once.
+    Returns summarize()'s dict (means over masks; 'masks' counts them, for combining ranks).
+    Runs `sam` in eval mode (as users will) and restores its modes after."""
+    from tqdm import tqdm
+
+    modes = [m.training for m in sam.modules()]
+    sam.eval()
+    curves, boxes = [np.zeros((0, max_clicks))], [np.zeros(0)]
+    for feats, masks, hw in tqdm(
+        items, total=total, desc="evaluating", unit="img", disable=not progress, file=sys.stderr
+    ):
+        masks = masks.cpu().numpy() if torch.is_tensor(masks) else np.asarray(masks)
+        predict = model_predictor(sam, feats, tuple(hw))
+        for s in range(0, len(masks), chunk):
+            c, b = score_masks(predict, masks[s : s + chunk].astype(bool), max_clicks)
+            curves.append(c)
+            boxes.append(b)
+    for m, mode in zip(sam.modules(), modes):
+        m.train(mode)
+    return summarize(np.concatenate(curves), np.concatenate(boxes))
+
+
+def evaluate_model(
+    sam,
+    images_and_masks: Iterable[tuple[np.ndarray, np.ndarray]],
+    device,
+    max_clicks: int = 20,
+    progress: bool = True,
+    total: int | None = None,
+) -> dict[str, float]:
+    """Metrics over (RGB uint8 (H, W, 3) image, (N, H, W) bool masks) pairs, `sam` on `device`;
+    the image encoder runs once per image. See evaluate_features."""
+
+    def encoded():
+        for image, masks in images_and_masks:
+            with torch.no_grad(), autocast(torch.device(device)):
+                feats = encode_images(sam, [image])
+            yield feats, masks, image.shape[:2]
+
+    return evaluate_features(sam, encoded(), max_clicks, progress=progress, total=total)
+
+
+# ----------------------------------------------------------------------------- report + CLI
+
+LABELS = {
+    "miou@1": "mIoU@1",
+    "miou@3": "mIoU@3",
+    "miou@5": "mIoU@5",
+    "noc@85": "NoC@85",
+    "noc@90": "NoC@90",
+    "box_miou": "box mIoU",
+}
+
+
+def format_table(after: dict, before: dict | None = None) -> str:
+    """The metrics as a small text table; with `before`, one 'before -> after' line each."""
+    lines = []
+    for key, name in LABELS.items():
+        if key not in after:
+            continue
+        fmt = "{:.2f}" if key.startswith("noc") else "{:.3f}"
+        value = fmt.format(after[key])
+        if before is not None and key in before:
+            value = f"{fmt.format(before[key])} -> {value}"
+        lines.append(f"{name:<9} {value}")
+    lines.append(f"({after['masks']} masks, at most {after['max_clicks']} clicks)")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--data", required=True, help="dataset root (LabPics, folders or COCO)")
+    p.add_argument("--split", default="test", help="split to score")
+    p.add_argument("--model", help="SAM 2 size; default: the one model.pt names, else small")
+    p.add_argument("--checkpoint", help="weights: official if omitted, a file, or 'none' (random)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--max-clicks", type=int, default=20, help="clicks per mask at most")
+    p.add_argument("--out", default="eval.json", help="where to write the results")
+    args = p.parse_args(argv)
+    if args.max_clicks < 1:
+        p.error(f"--max-clicks must be >= 1, got {args.max_clicks}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    plain_warnings()
+    try:
+        device = resolve_device(args.device)
+        ds = data.load_split(args.data, args.split)  # before the model: bad paths fail fast
+        name = args.model
+        if name is None:
+            is_file = args.checkpoint and Path(args.checkpoint).is_file()
+            name = (model_name_in(args.checkpoint) if is_file else None) or "small"
+        sam = load_model(name, args.checkpoint, device).eval()
+        pairs = ((s.image, s.masks) for s in (ds[i] for i in range(len(ds))) if s and len(s.masks))
+        metrics = evaluate_model(sam, pairs, device, args.max_clicks, total=len(ds))
+    except (CheckpointError, data.DataError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if not metrics["masks"]:
+        raise SystemExit(f"error: no usable masks in the '{args.split}' split of {args.data}")
+    result = {
+        "data": str(args.data),
+        "split": args.split,
+        "model": name,
+        "checkpoint": args.checkpoint,
+        "metrics": metrics,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(format_table(metrics))
+    print(f"written to {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
