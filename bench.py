@@ -355,12 +355,14 @@ def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def our_config(args, root: Path, device: torch.device) -> train.Config:
+def our_config(args, root: Path, device: torch.device, recipe: str = "article") -> train.Config:
     return train.Config(
         data=str(root),
         model=args.model,
         checkpoint="none",
-        batch_size=args.batch_size,
+        recipe=recipe,
+        # the interactive recipe at the size its memory target names (--batch-size 4)
+        batch_size=args.batch_size if recipe == "article" else min(args.batch_size, 4),
         max_masks=args.max_masks,
         workers=args.workers,
         seed=args.seed,
@@ -441,16 +443,18 @@ def our_step(cache, step: int, trainer, opt, scaler, gen, cfg, device) -> int:
     .item() reads fit() makes for its running averages. Returns the masks used."""
     ids = train.batch_indices(step, cache.ids, cfg.batch_size, cfg.seed)
     batch = train.sample_batch(cache.get(ids), cfg.max_masks, gen)
-    loss, iou = train.train_step(trainer, batch, opt, scaler, cfg, device)
+    loss, iou = train.train_step(trainer, batch, opt, scaler, cfg, gen, device)
     _ = loss.item(), iou.mean().item()
     return len(iou)
 
 
-def time_our_training(args, root: Path, entries: list[dict], device: torch.device) -> dict:
+def time_our_training(
+    args, root: Path, entries: list[dict], device: torch.device, recipe: str = "article"
+) -> dict:
     """train.py's path: first epoch (files read, features encoded and cached, one epoch of
     steps) and steady state (--steps steps after --warmup more)."""
     new_phase(device)
-    cfg = our_config(args, root, device)
+    cfg = our_config(args, root, device, recipe)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sam, opt, scaler, gen, _ = train.build(cfg, train.Context(0, 1, device, root), None)
@@ -487,6 +491,7 @@ def time_our_training(args, root: Path, entries: list[dict], device: torch.devic
         "first_epoch_masks_per_s": n_first / first_secs,
         "first_epoch_s": first_secs,
         "cache": cache.mode,
+        "batch_size": cfg.batch_size,
         "peak_gib": peak_gib(device),
     }
 
@@ -584,6 +589,7 @@ def max_rss_gib() -> float:
 def report(r: dict) -> str:
     """The figures as a plain-text table."""
     tr, inf, loss = r["train"], r["infer"], r["loss"]
+    it = tr["interactive"]
 
     def mem(v):
         return "n/a" if v is None else f"{v:.2f} GiB"
@@ -609,6 +615,10 @@ def report(r: dict) -> str:
         f"{'  images / masks per step':46}{per_step_a:>12}{per_step_o:>12}",
         f"{'  peak GPU memory (max_memory_allocated)':46}{mem(tr['article']['peak_gib']):>12}"
         f"{mem(tr['ours']['peak_gib']):>12}",
+        f"{'  ours, --recipe interactive: masks/s':46}{'':>12}"
+        f"{it['masks_per_s']:12.2f}{it['masks_per_s'] / tr['article']['masks_per_s']:13.1f}x",
+        f"{'    (batch {}, 1 + 7 passes) peak memory'.format(it['batch_size']):46}{'':>12}"
+        f"{mem(it['peak_gib']):>12}",
         "",
         f"{'inference (folder, {} points, files r/w)'.format(r['points']):46}{'article':>12}"
         f"{'ours':>12}{'article/ours':>14}",
@@ -638,6 +648,7 @@ def run_all(args, root: Path, work: Path, device: torch.device) -> dict:
     loss = fixed_batch_loss(args, entries, device)
     article_train = time_article_training(args, entries, device)
     ours_train = time_our_training(args, root, entries, device)
+    interactive = time_our_training(args, root, entries, device, "interactive")
     article_inf = time_article_inference(
         args, sorted(folder.iterdir()), regions, work / "article_out", device
     )
@@ -656,6 +667,7 @@ def run_all(args, root: Path, work: Path, device: torch.device) -> dict:
         "train": {
             "article": article_train,
             "ours": ours_train,
+            "interactive": interactive,
             "ratio": ours_train["masks_per_s"] / article_train["masks_per_s"],
             "ratio_first_epoch": ours_train["first_epoch_masks_per_s"]
             / article_train["masks_per_s"],

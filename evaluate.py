@@ -39,6 +39,7 @@ from model import (
     CheckpointError,
     Features,
     autocast,
+    decode,
     encode_images,
     load_model,
     model_name_in,
@@ -46,7 +47,6 @@ from model import (
     resolve_device,
     upscale_logits,
 )
-from recipes import decode
 
 CURVE_AT = (1, 3, 5)  # mIoU reported after these many clicks
 NOC_AT = (0.85, 0.90)

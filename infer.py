@@ -1,11 +1,15 @@
 """Segment every object in an image (or a folder of images) with a fine-tuned SAM 2.
 
-Random points are clicked inside a region mask, SAM 2 predicts one mask per point, and the masks
-are stitched into one instance label map, best-scored first (the article's recipe, fixed: ids past
-255, empty masks, masks leaking out of the region, no window on a headless box).
+Each prompt (a random click inside a region mask, a grid of clicks, or a box from a detector)
+gives one mask; the masks are stitched into one instance label map at the image's own
+resolution, best-scored first (the article's recipe, fixed: ids past 255, empty masks, masks
+leaking out of the region, blocky edges on big photos, no window on a headless box). --auto
+asks SAM 2's own automatic mask generator instead, with no prompt at all.
 
     python infer.py photo.jpg region.png --checkpoint runs/model.pt      # one image
     python infer.py photo.jpg --checkpoint runs/model.pt --grid 16       # whole image, 16x16 grid
+    python infer.py photo.jpg --checkpoint runs/model.pt --boxes boxes.json   # a detector's boxes
+    python infer.py photo.jpg --checkpoint runs/model.pt --auto          # prompt-free
     python infer.py images/ --masks regions/ --checkpoint runs/model.pt --out out/   # a folder
     python infer.py photo.jpg region.png --checkpoint runs/model.pt --gt photo_gt.png  # + quality
     python infer.py photo.jpg --model small                  # official weights (downloaded once)
@@ -22,11 +26,15 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import tempfile
+import warnings
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -39,31 +47,42 @@ from model import (
     MODELS,
     CheckpointError,
     autocast,
+    decode,
     encode_images,
     load_model,
     model_name_in,
     plain_warnings,
-    predict_logits,
     resolve_device,
     upscale_logits,
 )
 
-__all__ = ["colorize", "load_model", "main", "score_labels", "segment", "stitch"]
+__all__ = [
+    "colorize",
+    "load_model",
+    "main",
+    "read_boxes",
+    "score_labels",
+    "segment",
+    "segment_auto",
+    "stitch",
+]
 
 MAX_SIDE = 1024  # the size SAM 2 sees and train.py trains at
 MAX_ID = np.iinfo(np.uint16).max
+UPSCALE_PIXELS = 1 << 25  # mask pixels upscaled at once (128 MB of logits): bounds big images
 
-# ----------------------------------------------------------------------------- points
+# ----------------------------------------------------------------------------- prompts
 
 
 def random_points(region: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """n distinct random pixels inside `region` (H, W) bool -> (min(n, area), 2) float32 (x, y)."""
-    ys, xs = np.nonzero(region)
-    if len(ys) == 0:
+    inside = np.flatnonzero(region)
+    if len(inside) == 0:
         raise ValueError("the region is empty: no pixel to click on")
     rng = np.random.default_rng(seed)
-    pick = rng.choice(len(ys), size=min(n, len(ys)), replace=False)
-    return np.stack([xs[pick], ys[pick]], axis=1).astype(np.float32)
+    pick = inside[rng.choice(len(inside), size=min(n, len(inside)), replace=False)]
+    ys, xs = np.divmod(pick, region.shape[1])
+    return np.stack([xs, ys], axis=1).astype(np.float32)
 
 
 def grid_points(region: np.ndarray, k: int) -> np.ndarray:
@@ -80,89 +99,170 @@ def grid_points(region: np.ndarray, k: int) -> np.ndarray:
     return np.stack([gx[keep], gy[keep]], axis=1).astype(np.float32)
 
 
+def _box_array(value, where: str) -> np.ndarray:
+    """A JSON list of [x0, y0, x1, y1] (or of COCO [x, y, w, h]) -> (N, 4) float64."""
+    try:
+        boxes = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        boxes = None
+    if boxes is None or not (boxes.size == 0 or (boxes.ndim == 2 and boxes.shape[1] == 4)):
+        raise DataError(f"{where}: expected a list of [x0, y0, x1, y1] boxes, got {value!r:.80}")
+    return boxes.reshape(-1, 4)
+
+
+def read_boxes(path: str | Path) -> dict[str | None, np.ndarray]:
+    """Box prompts from a JSON file -> {image file name: (N, 4) float x0, y0, x1, y1 pixels}.
+
+    The file holds [[x0, y0, x1, y1], ...] for one image (key None), {"a.jpg": [[...], ...]},
+    COCO-style detections [{"file_name" or "image_id": ..., "bbox": [x, y, w, h]}, ...], or a
+    COCO dict whose "images" name the files of its "annotations". Raises DataError naming it.
+    """
+    try:
+        obj = json.loads(Path(path).read_bytes())
+    except OSError as e:
+        raise DataError(f"--boxes {path}: cannot read it ({e.strerror or e})") from None
+    except ValueError as e:  # JSONDecodeError and bad UTF-8 alike
+        raise DataError(f"--boxes {path} is not valid JSON ({e})") from None
+    if isinstance(obj, dict) and "annotations" in obj:  # a COCO file: image ids -> file names
+        names = {im.get("id"): im.get("file_name") for im in obj.get("images", [])}
+        obj = [
+            dict(a, file_name=names.get(a.get("image_id"), a.get("image_id")))
+            for a in obj["annotations"]
+        ]
+    if isinstance(obj, list) and obj and all(isinstance(d, dict) for d in obj):
+        table: dict[str, list] = {}
+        for i, det in enumerate(obj):
+            key = det.get("file_name", det.get("image_id"))
+            if key is None or "bbox" not in det:
+                raise DataError(
+                    f"--boxes {path}: detection {i} lacks 'bbox' or 'file_name'/'image_id'"
+                )
+            xywh = _box_array([det["bbox"]], f"--boxes {path}, detection {i}")
+            table.setdefault(Path(str(key)).name, []).append(
+                np.hstack([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]])
+            )
+        return {k: np.concatenate(v) for k, v in table.items()}
+    if isinstance(obj, list):
+        return {None: _box_array(obj, f"--boxes {path}")}
+    if isinstance(obj, dict):
+        return {Path(k).name: _box_array(v, f"--boxes {path}, image {k!r}") for k, v in obj.items()}
+    raise DataError(f"--boxes {path}: expected a JSON list or object, got {type(obj).__name__}")
+
+
+def clip_boxes(boxes: np.ndarray, hw: tuple[int, int], name: str = "image") -> np.ndarray:
+    """Clip (N, 4) x0, y0, x1, y1 boxes to an (H, W) image -> (N', 4); a box with no area left
+    (outside, inverted, empty or not finite) is dropped with a warning naming it."""
+    h, w = hw
+    clipped = np.clip(boxes, 0, [w, h, w, h])
+    ok = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])  # NaN: False
+    for i in np.flatnonzero(~ok):
+        warnings.warn(
+            f"{name}: skipped box {i} {boxes[i].tolist()}: no area inside the {w}x{h} image",
+            stacklevel=2,
+        )
+    return clipped[ok]
+
+
 # ----------------------------------------------------------------------------- model
 
 
-def predict_masks(sam, image: np.ndarray, points: np.ndarray, batch_points: int = 64):
-    """One mask per point prompt on one image.
+def predict_prompts(
+    sam, image: np.ndarray, coords: np.ndarray, labels: np.ndarray, batch: int = 64
+) -> tuple[torch.Tensor, np.ndarray]:
+    """One mask per prompt on one image.
 
-    image (H, W, 3) uint8 RGB; points (M, 2) float (x, y) in its pixels.
-    Returns masks (M, H, W) bool (SAM's first multimask output) and their scores (M,) float32.
+    image (H, W, 3) uint8 RGB; coords (M, K, 2) float (x, y) in its pixels; labels (M, K) int:
+    1 click, 2 and 3 a box's top-left and bottom-right corner. A lone click, being ambiguous,
+    gets SAM's first multimask output; a box gets its single output.
+    Returns low-res logits (M, 256, 256) float32 on sam's device and scores (M,) float32.
     """
     device = next(sam.parameters()).device
-    h, w = image.shape[:2]
-    masks, scores = [], []
+    sizes = torch.tensor([image.shape[:2]], device=device)
+    logits, scores = [], []
     with torch.inference_mode(), autocast(device):
-        feats = encode_images(sam, [image])
-        sizes = torch.tensor([[h, w]], device=device)
-        # chunks bound the decoder's memory: every prompt carries its own copy of the features
-        for chunk in torch.from_numpy(points).to(device).split(batch_points):
-            idx = torch.zeros(len(chunk), dtype=torch.long, device=device)
-            low_res, iou = predict_logits(sam, feats, idx, chunk, sizes)
-            masks.append((upscale_logits(low_res[:, :1], (h, w))[:, 0] > 0).cpu().numpy())
-            scores.append(iou[:, 0].float().cpu().numpy())
-    return np.concatenate(masks), np.concatenate(scores)
+        feats = encode_images(sam, [resize_longest(image, MAX_SIDE)])  # what train.py sees
+        # chunks bound the decoder's memory: every prompt gets its own copy of the features
+        prompts = zip(torch.from_numpy(coords).split(batch), torch.from_numpy(labels).split(batch))
+        for c, lab in prompts:
+            idx = torch.zeros(len(c), dtype=torch.long, device=device)
+            c, lab = c.to(device), lab.to(device)
+            low_res, iou = decode(sam, feats, idx, sizes, c, lab, multimask=c.shape[1] == 1)
+            logits.append(low_res[:, 0].float())
+            scores.append(iou[:, 0].float().cpu())
+    return torch.cat(logits), torch.cat(scores).numpy()
+
+
+def full_size_masks(logits: torch.Tensor, hw: tuple[int, int]) -> Iterator[torch.Tensor]:
+    """(M, h, w) low-res logits -> M (H, W) bool masks, upscaled bilinearly to the image's own
+    size before thresholding (as SAM 2's postprocess_masks), a few at a time: memory stays
+    bounded however large the image."""
+    step = max(1, UPSCALE_PIXELS // (hw[0] * hw[1]))
+    for chunk in logits.split(step):
+        yield from upscale_logits(chunk[:, None], hw)[:, 0] > 0
 
 
 # ----------------------------------------------------------------------------- stitching
 
 
+def ranked(scores, min_score: float | None = None) -> np.ndarray:
+    """Indices of `scores` best first (ties keep their order), those under min_score left out."""
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    return order if min_score is None else order[scores[order] >= min_score]
+
+
 def stitch(
-    masks: np.ndarray,
-    scores: np.ndarray,
+    masks: Iterable[np.ndarray | torch.Tensor],
+    hw: tuple[int, int],
     region: np.ndarray | None = None,
     overlap: float = 0.15,
-    min_score: float | None = None,
 ) -> np.ndarray:
-    """Merge overlapping masks into one instance map, best score first.
+    """Merge masks, given best first, into one instance map.
 
-    masks (M, H, W) bool; scores (M,); region (H, W) bool or None (everywhere).
-    A mask (clipped to the region) is skipped when empty, when its score < min_score, or when
-    more than `overlap` of it is already taken; otherwise its free pixels get the next id.
-    Returns (H, W) uint16, 0 = background, ids 1, 2, 3, ... in score order.
+    masks: (H, W) bool arrays or tensors, hw = (H, W); region (H, W) bool or None (everywhere).
+    A mask (clipped to the region) is skipped when empty or when more than `overlap` of it is
+    already taken; otherwise its free pixels get the next id. Runs on the masks' device.
+    Returns (H, W) uint16, 0 = background, ids 1, 2, 3, ... in the masks' order.
     """
-    masks = np.asarray(masks, dtype=bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    if masks.ndim != 3 or scores.shape != masks.shape[:1]:
-        raise ValueError(
-            f"expected masks (M, H, W) and scores (M,), got {masks.shape} and {scores.shape}"
-        )
-    labels = np.zeros(masks.shape[1:], np.uint16)
+    labels = inside = None
     next_id = 1
-    for i in np.argsort(-scores, kind="stable"):  # stable: ties keep the prompts' order
-        if min_score is not None and scores[i] < min_score:
-            continue
-        m = masks[i] & region if region is not None else masks[i]
-        area = np.count_nonzero(m)
+    for m in masks:
+        m = torch.as_tensor(m, dtype=torch.bool)
+        if m.shape != tuple(hw):
+            raise ValueError(f"a mask is {tuple(m.shape)}, expected {tuple(hw)}")
+        if labels is None:
+            labels = torch.zeros(hw, dtype=torch.int32, device=m.device)
+            if region is not None:
+                inside = torch.as_tensor(region, dtype=torch.bool, device=m.device)
+        if inside is not None:
+            m = m & inside
+        area = int(m.sum())
         if area == 0:
             continue
-        taken = labels[m] > 0
-        if np.count_nonzero(taken) > overlap * area:
+        free = m & (labels == 0)
+        if area - int(free.sum()) > overlap * area:
             continue
         if next_id > MAX_ID:
             raise ValueError(f"more than {MAX_ID} segments do not fit a uint16 label map")
-        free = m.copy()
-        free[m] = ~taken
         labels[free] = next_id
         next_id += 1
-    return labels
+    if labels is None:
+        return np.zeros(hw, np.uint16)
+    return labels.cpu().numpy().astype(np.uint16)
 
 
-def resize_labels(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an (h, w) id map to hw = (H, W); ids never blend."""
-    h, w = labels.shape
-    rows = np.minimum(((np.arange(hw[0]) + 0.5) * h / hw[0]).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(hw[1]) + 0.5) * w / hw[1]).astype(np.int64), w - 1)
-    return labels[rows][:, cols]
-
-
-def consecutive(labels: np.ndarray) -> np.ndarray:
-    """Renumber ids to 1..K keeping their order (a small segment can vanish when resizing)."""
-    ids, inv = np.unique(labels, return_inverse=True)
-    if ids[-1] == len(ids) - 1:
-        return labels
-    start = 0 if ids[0] == 0 else 1
-    return (inv.reshape(labels.shape) + start).astype(labels.dtype)
+def checked_region(region: np.ndarray | None, hw: tuple[int, int]) -> np.ndarray | None:
+    """`region` as (H, W) bool, or a ValueError when its size differs or it is empty."""
+    if region is None:
+        return None
+    region = np.asarray(region, dtype=bool)
+    if region.shape != tuple(hw):
+        raise ValueError(
+            f"region is {region.shape[1]}x{region.shape[0]} (WxH) but the image is {hw[1]}x{hw[0]}"
+        )
+    if not region.any():
+        raise ValueError("the region is empty: it marks no pixel to segment")
+    return region
 
 
 def segment(
@@ -175,34 +275,68 @@ def segment(
     overlap: float = 0.15,
     min_score: float | None = None,
     batch_points: int = 64,
+    boxes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Segment the objects of one image with a loaded SAM 2 (see load_model).
 
     image (H, W, 3) uint8 RGB; region (H, W) bool, the part to segment (None: all of it).
-    `points` random clicks in the region (seeded), or a `grid` x `grid` grid of clicks over the
-    image kept where inside the region. Returns (H, W) uint16 label map, 0 = background.
+    Prompts: `points` random clicks in the region (seeded), or a `grid` x `grid` grid of clicks
+    over the image kept where inside the region, or `boxes` (N, 4) x0, y0, x1, y1 in pixels
+    (clipped to the image). Masks scored under `min_score` are dropped.
+    Returns (H, W) uint16 label map, 0 = background.
     """
-    h, w = image.shape[:2]
-    if region is not None and region.shape != (h, w):
-        raise ValueError(
-            f"region is {region.shape[1]}x{region.shape[0]} (WxH) but the image is {w}x{h}"
-        )
-    work = resize_longest(image, MAX_SIDE)
-    if region is None:
-        work_region = np.ones(work.shape[:2], bool)
+    hw = image.shape[:2]
+    region = checked_region(region, hw)
+    if boxes is not None:
+        boxes = clip_boxes(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), hw)
+        coords, labels = boxes.reshape(-1, 2, 2), np.tile([[2, 3]], (len(boxes), 1))
     else:
-        work_region = resize_longest(region.astype(bool), MAX_SIDE, nearest=True)
-        if not work_region.any():
-            raise ValueError(
-                f"the region is empty (or too small to survive resizing to {MAX_SIDE} pixels)"
-            )
-    pts = grid_points(work_region, grid) if grid else random_points(work_region, points, seed)
-    masks, scores = predict_masks(sam, work, pts, batch_points)
-    labels = stitch(masks, scores, work_region, overlap, min_score)
-    labels = resize_labels(labels, (h, w))
-    if region is not None:  # nearest upscaling can put a boundary pixel just outside
-        labels[~region.astype(bool)] = 0
-    return consecutive(labels)
+        inside = region if region is not None else np.ones(hw, bool)
+        pts = grid_points(inside, grid) if grid else random_points(inside, points, seed)
+        coords, labels = pts[:, None], np.ones((len(pts), 1), np.int64)
+    if len(coords) == 0:
+        return np.zeros(hw, np.uint16)
+    logits, scores = predict_prompts(sam, image, coords.astype(np.float32), labels, batch_points)
+    order = torch.from_numpy(ranked(scores, min_score))
+    return stitch(full_size_masks(logits[order.to(logits.device)], hw), hw, region, overlap)
+
+
+def segment_auto(
+    sam,
+    image: np.ndarray,
+    region: np.ndarray | None = None,
+    points_per_side: int = 32,
+    min_score: float = 0.8,
+    stability: float = 0.95,
+    overlap: float = 0.15,
+    batch_points: int = 64,
+) -> np.ndarray:
+    """Segment one image without prompts: SAM 2's own SAM2AutomaticMaskGenerator on `sam`
+    (a points_per_side^2 grid of clicks; masks kept when their predicted IoU exceeds min_score
+    and their stability score reaches `stability`; duplicates removed), stitched as segment().
+
+    image (H, W, 3) uint8 RGB; region (H, W) bool or None. Returns (H, W) uint16 label map.
+    """
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+    from sam2.utils.amg import rle_to_mask
+
+    hw = image.shape[:2]
+    region = checked_region(region, hw)
+    with warnings.catch_warnings():  # as in load_model: sam2 scripts a helper
+        warnings.filterwarnings("ignore", r"`torch.jit.script` is deprecated", FutureWarning)
+        generator = SAM2AutomaticMaskGenerator(
+            sam,
+            points_per_side=points_per_side,
+            points_per_batch=batch_points,
+            pred_iou_thresh=min_score,
+            stability_score_thresh=stability,
+            output_mode="uncompressed_rle",  # one full-size mask in memory at a time
+        )
+    device = next(sam.parameters()).device
+    with torch.inference_mode(), autocast(device):
+        found = generator.generate(image)
+    order = ranked([f["predicted_iou"] for f in found])
+    return stitch((rle_to_mask(found[i]["segmentation"]) for i in order), hw, region, overlap)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -315,10 +449,12 @@ class Job:
     image: Path
     mask: Path | None = None
     gt: Path | None = None
+    boxes: np.ndarray | None = None  # (N, 4) x0, y0, x1, y1 from --boxes
 
 
-def load_job(job: Job):
-    """Read a job's files -> image (H, W, 3) uint8, region (H, W) bool | None, gt | None."""
+def load_job(job: Job, gt_labpics: bool = False):
+    """Read a job's files -> image (H, W, 3) uint8, region (H, W) bool | None, gt | None and
+    its boxes clipped to the image | None."""
     image = read_rgb(job.image)
     h, w = image.shape[:2]
     region = gt = None
@@ -332,13 +468,14 @@ def load_job(job: Job):
         if not region.any():
             raise ValueError(f"mask {job.mask} is empty: it marks no pixel to segment")
     if job.gt is not None:
-        gt = read_label_map(job.gt)
+        gt = read_label_map(job.gt, labpics=gt_labpics)
         if gt.shape != (h, w):
             raise ValueError(
                 f"ground truth {job.gt} is {gt.shape[1]}x{gt.shape[0]} (WxH) but "
                 f"image {job.image} is {w}x{h}"
             )
-    return image, region, gt
+    boxes = None if job.boxes is None else clip_boxes(job.boxes, (h, w), job.image.name)
+    return image, region, gt, boxes
 
 
 def by_stem(folder: Path) -> dict[str, Path]:
@@ -350,8 +487,38 @@ def by_stem(folder: Path) -> dict[str, Path]:
     return found
 
 
+def match_boxes(table: dict, images: list[Path], source: str) -> list[np.ndarray]:
+    """Each image's boxes from read_boxes' table, matched by file name, else by stem."""
+    if None in table:
+        if len(images) > 1:
+            raise DataError(
+                f"--boxes {source} is one list of boxes, for one image; for a folder give "
+                '{"image name": [[x0, y0, x1, y1], ...]} or COCO-style detections'
+            )
+        return [table[None]]
+    keys = [next((k for k in (p.name, p.stem) if k in table), None) for p in images]
+    unknown = sorted(set(table) - set(keys))
+    if not any(keys):
+        raise DataError(
+            f"--boxes {source} has boxes for none of the images "
+            f"({', '.join(p.name for p in images[:3])}{', ...' if len(images) > 3 else ''}); "
+            f"it names {', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}"
+        )
+    if unknown and len(images) > 1:
+        print(
+            f"warning: --boxes {source} names {len(unknown)} image(s) not in the folder, "
+            f"ignored: {', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}",
+            file=sys.stderr,
+        )
+    for p, k in zip(images, keys):
+        if k is None:
+            print(f"note: no boxes for {p.name} in {source}: no segment", file=sys.stderr)
+    return [table[k] if k is not None else np.zeros((0, 4)) for k in keys]
+
+
 def find_jobs(args, parser) -> list[Job]:
-    """The images to segment, with their masks and ground truth; bad paths -> parser.error."""
+    """The images to segment, with their masks, ground truth and boxes; bad input ->
+    parser.error."""
     src = Path(args.image)
     if not src.exists():
         parser.error(f"image {src} does not exist")
@@ -361,10 +528,22 @@ def find_jobs(args, parser) -> list[Job]:
         for what, path in (("mask", args.mask), ("ground truth", args.gt)):
             if path is not None and not Path(path).is_file():
                 parser.error(f"{what} {path} does not exist")
-        return [
+        jobs = [
             Job(src, Path(args.mask) if args.mask else None, Path(args.gt) if args.gt else None)
         ]
+    else:
+        jobs = find_folder_jobs(args, parser, src)
+    if args.boxes is not None:
+        try:
+            boxes = match_boxes(read_boxes(args.boxes), [j.image for j in jobs], args.boxes)
+        except DataError as e:
+            parser.error(str(e))
+        for job, b in zip(jobs, boxes):
+            job.boxes = b
+    return jobs
 
+
+def find_folder_jobs(args, parser, src: Path) -> list[Job]:
     if args.mask is not None:
         parser.error("IMAGE is a folder: give its masks as --masks DIR, not MASK")
     images = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
@@ -419,6 +598,35 @@ def pick_model(args, parser) -> str:
     return args.model or stored or "small"
 
 
+def segmenter(
+    sam, args
+) -> Callable[[np.ndarray, np.ndarray | None, np.ndarray | None], np.ndarray]:
+    """(image, region, boxes) -> labels, as the command line asks."""
+    if args.auto:
+        return lambda image, region, boxes: segment_auto(
+            sam,
+            image,
+            region,
+            points_per_side=args.grid or 32,
+            min_score=0.8 if args.min_score is None else args.min_score,
+            stability=args.stability,
+            overlap=args.overlap,
+            batch_points=args.batch_points,
+        )
+    return lambda image, region, boxes: segment(
+        sam,
+        image,
+        region,
+        points=args.points,
+        grid=args.grid,
+        seed=args.seed,
+        overlap=args.overlap,
+        min_score=args.min_score,
+        batch_points=args.batch_points,
+        boxes=boxes,
+    )
+
+
 def prefetch(load, items: list, depth: int = 2):
     """Yield (item, Future of load(item)) in order, loading up to `depth` items ahead in a
     background thread so decoding files overlaps the model's work."""
@@ -457,8 +665,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", help="folder mode: region masks matched to images by file stem")
     p.add_argument(
         "--gt",
-        help="ground-truth label PNG (LabPics instance PNGs too) to score "
-        "against; a folder matched by stem in folder mode",
+        help="ground-truth label PNG to score against (ids, or one colour per instance); "
+        "a folder matched by stem in folder mode",
+    )
+    p.add_argument(
+        "--gt-labpics",
+        action="store_true",
+        help="--gt files are LabPics instance PNGs (vessel and material ids in two channels)",
     )
     p.add_argument(
         "--checkpoint",
@@ -471,6 +684,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="SAM 2 size; default: the one stored in --checkpoint, else small",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    prompts = p.add_mutually_exclusive_group()
+    prompts.add_argument(
+        "--boxes",
+        help="box prompts, one mask each, instead of clicks: a JSON file of [[x0, y0, x1, y1], "
+        '...] (one image), {"image name": boxes}, or COCO-style detections (bbox x, y, w, h)',
+    )
+    prompts.add_argument(
+        "--auto",
+        action="store_true",
+        help="no prompts: SAM 2's automatic mask generator clicks a --grid (default 32) and keeps "
+        "masks scored above --min-score (default 0.8) and as stable as --stability",
+    )
     p.add_argument(
         "--points", type=positive_int, default=30, help="random clicks inside the region per image"
     )
@@ -488,10 +713,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--min-score", type=float, help="skip masks SAM scores below this")
     p.add_argument(
+        "--stability",
+        type=fraction,
+        default=0.95,
+        help="--auto: keep masks whose stability score is at least this",
+    )
+    p.add_argument(
         "--batch-points",
         type=positive_int,
         default=64,
-        help="points per decoder call (lower it if memory runs out)",
+        help="prompts per decoder call (lower it if memory runs out)",
     )
     p.add_argument("--out", default="out", help="output folder")
     p.add_argument("--show", action="store_true", help="show each result in a matplotlib window")
@@ -501,6 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.boxes is not None and args.grid is not None:
+        parser.error("--boxes and --grid are two kinds of prompt: give one")
     plain_warnings()
     jobs = find_jobs(args, parser)
     out = check_writable(Path(args.out), parser)
@@ -508,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     first = None
     if not folder:  # one image: bad input is a usage error, reported before loading a model
         try:
-            first = load_job(jobs[0])
+            first = load_job(jobs[0], args.gt_labpics)
         except (DataError, ValueError) as e:
             parser.error(str(e))
     name = pick_model(args, parser)
@@ -518,14 +751,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as e:
         parser.error(str(e))
 
-    opts = {
-        "points": args.points,
-        "grid": args.grid,
-        "seed": args.seed,
-        "overlap": args.overlap,
-        "min_score": args.min_score,
-        "batch_points": args.batch_points,
-    }
+    run = segmenter(sam, args)
     failed, written, scores = [], [], []
     writes: deque[tuple[Job, Future]] = deque()
 
@@ -536,13 +762,13 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(job)
             tqdm.write(f"warning: {job.image}: {e}", file=sys.stderr)
 
-    load = (lambda job: first) if first is not None else load_job
+    load = partial(load_job, gt_labpics=args.gt_labpics) if first is None else lambda job: first
     with ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
         bar = tqdm(prefetch(load, jobs), total=len(jobs), unit="img", disable=not folder)
         for job, fut in bar:
             try:
-                image, region, gt = fut.result()
-                labels = segment(sam, image, region, **opts)
+                image, region, gt, boxes = fut.result()
+                labels = run(image, region, boxes)
             except (DataError, ValueError, OSError, RuntimeError) as e:
                 failed.append(job)
                 tqdm.write(f"warning: skipped {job.image}: {e}", file=sys.stderr)
@@ -553,6 +779,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             while len(writes) > 2:
                 finish(*writes.popleft())
+            if not labels.any():
+                hint = " (lower --min-score or --stability)" if args.auto else ""
+                tqdm.write(f"note: {job.image.name}: no segment found{hint}", file=sys.stderr)
             if gt is not None:
                 s = score_labels(labels, gt, region)
                 scores.append(s)

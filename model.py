@@ -117,10 +117,19 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
 
 
-def autocast(device: torch.device):
-    """Mixed precision for `device` in amp_dtype(device); a no-op context where that is None."""
-    dtype = amp_dtype(device)
-    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+def autocast(device: torch.device) -> contextlib.ExitStack:
+    """How SAM 2 runs on `device`: mixed precision in amp_dtype(device) (none where that is
+    None) and, on CUDA, no cuDNN attention: the number of prompts changes every step, and cuDNN
+    plans each new shape on the CPU (20 ms per attention call on an H200, 10x the GPU work)."""
+    stack = contextlib.ExitStack()
+    if dtype := amp_dtype(device):
+        stack.enter_context(torch.autocast(device.type, dtype=dtype))
+    if device.type == "cuda":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+        stack.enter_context(sdpa_kernel(backends))
+    return stack
 
 
 def download(url: str, dest: Path) -> Path:
@@ -327,36 +336,61 @@ def encode_images(sam, images: list[np.ndarray] | torch.Tensor) -> Features:
     return Features(embed, list(maps[:-1]))
 
 
-def predict_logits(
+def decode(
     sam,
     feats: Features,
     img_idx: torch.Tensor,
-    points: torch.Tensor,
     sizes: torch.Tensor,
+    points: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    boxes: torch.Tensor | None = None,
+    mask_input: torch.Tensor | None = None,
     multimask: bool = True,
-):
-    """Decode one point prompt per row, each against its own image.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode one prompt per row, each against its own image's features.
 
-    feats: features of B images; img_idx: (M,) long, the image of each prompt;
-    points: (M, 2) float (x, y) in pixels of that image; sizes: (B, 2) its (H, W).
-    Returns low-res mask logits (M, C, 256, 256) and predicted IoU scores (M, C),
-    C = 3 when multimask else 1.
+    feats: features of B images; img_idx: (M,) long, each row's image; sizes: (B, 2) (H, W).
+    points: (M, K, 2) float (x, y) in that image's pixels, labels: (M, K) int (1 positive,
+    0 negative, -1 padding); boxes: (M, 4) float xyxy pixels; mask_input: (M, 1, 256, 256)
+    low-res logits of a previous pass. At least one of points / boxes.
+    Returns low-res logits (M, C, 256, 256) and predicted IoUs (M, C), C = 3 if multimask else 1.
+
+    Boxes go in as two corner points (labels 2, 3) ahead of the clicks, as SAM2ImagePredictor
+    and Meta's trainer pass them. A single positive click gives exactly model.predict_logits.
     """
-    hw = sizes.to(points)[img_idx]  # (M, 2) as (H, W)
-    coords = points / hw.flip(1) * sam.image_size
-    labels = torch.ones(len(points), 1, dtype=torch.int, device=points.device)
-    sparse, dense = sam.sam_prompt_encoder(points=(coords[:, None], labels), boxes=None, masks=None)
-    per_prompt = feats.index(img_idx)
+    coords, labs = [], []
+    if boxes is not None:
+        coords.append(boxes.reshape(-1, 2, 2))
+        corner = torch.tensor([2, 3], dtype=torch.int, device=boxes.device)
+        labs.append(corner.expand(len(boxes), 2))
+    if points is not None:
+        coords.append(points)
+        labs.append(labels.int())
+    if not coords:
+        raise ValueError("decode: give points or boxes")
+    coords = torch.cat(coords, 1)
+    hw = sizes.to(coords)[img_idx]  # (M, 2) as (H, W)
+    coords = coords / hw.flip(1)[:, None] * sam.image_size
+    sparse, dense = sam.sam_prompt_encoder(
+        points=(coords, torch.cat(labs, 1)), boxes=None, masks=mask_input
+    )
+    per_row = feats.index(img_idx)
     low_res, scores, _, _ = sam.sam_mask_decoder(
-        image_embeddings=per_prompt.image_embed,
+        image_embeddings=per_row.image_embed,
         image_pe=sam.sam_prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense,
         multimask_output=multimask,
         repeat_image=False,
-        high_res_features=per_prompt.high_res,
+        high_res_features=per_row.high_res,
     )
     return low_res, scores
+
+
+def predict_logits(sam, feats: Features, img_idx, points, sizes, multimask: bool = True):
+    """decode() with one positive click per row: points (M, 2) float (x, y) in pixels."""
+    labels = torch.ones(len(points), 1, dtype=torch.int, device=points.device)
+    return decode(sam, feats, img_idx, sizes, points[:, None], labels, multimask=multimask)
 
 
 def upscale_logits(low_res: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -26,7 +26,8 @@ they always lie inside the real error region.
     python train.py --data LabPicsV1 --recipe interactive --clicks 7   # (train.py's flags)
 
     from functools import partial
-    from recipes import decode, interactive_loss
+    from model import decode
+    from recipes import interactive_loss
     decode_fn = partial(decode, sam, feats, sizes=sizes)   # or a DDP module taking these kwargs
     with autocast(device):
         loss, iou = interactive_loss(decode_fn, gts, gen, clicks=7)
@@ -42,63 +43,12 @@ import torch.nn.functional as F
 from sam2.utils.misc import mask_to_box
 
 from data import sample_points
-from model import Features, upscale_logits
+from model import upscale_logits
 
 LOW_RES = 256  # side of the decoder's mask logits (and of the mask prompt it takes)
 
 # decode_fn(img_idx, points=, labels=, boxes=, mask_input=, multimask=) -> (low_res, scores)
 DecodeFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
-
-
-def decode(
-    sam,
-    feats: Features,
-    img_idx: torch.Tensor,
-    sizes: torch.Tensor,
-    points: torch.Tensor | None = None,
-    labels: torch.Tensor | None = None,
-    boxes: torch.Tensor | None = None,
-    mask_input: torch.Tensor | None = None,
-    multimask: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode one prompt per row, each against its own image's features.
-
-    feats: features of B images; img_idx: (M,) long, each row's image; sizes: (B, 2) (H, W).
-    points: (M, K, 2) float (x, y) in that image's pixels, labels: (M, K) int (1 positive,
-    0 negative, -1 padding); boxes: (M, 4) float xyxy pixels; mask_input: (M, 1, 256, 256)
-    low-res logits of a previous pass. At least one of points / boxes.
-    Returns low-res logits (M, C, 256, 256) and predicted IoUs (M, C), C = 3 if multimask else 1.
-
-    Boxes go in as two corner points (labels 2, 3) ahead of the clicks, as SAM2ImagePredictor
-    and Meta's trainer pass them. A single positive click gives exactly model.predict_logits.
-    """
-    coords, labs = [], []
-    if boxes is not None:
-        coords.append(boxes.reshape(-1, 2, 2))
-        corner = torch.tensor([2, 3], dtype=torch.int, device=boxes.device)
-        labs.append(corner.expand(len(boxes), 2))
-    if points is not None:
-        coords.append(points)
-        labs.append(labels.int())
-    if not coords:
-        raise ValueError("decode: give points or boxes")
-    coords = torch.cat(coords, 1)
-    hw = sizes.to(coords)[img_idx]  # (M, 2) as (H, W)
-    coords = coords / hw.flip(1)[:, None] * sam.image_size
-    sparse, dense = sam.sam_prompt_encoder(
-        points=(coords, torch.cat(labs, 1)), boxes=None, masks=mask_input
-    )
-    per_row = feats.index(img_idx)
-    low_res, scores, _, _ = sam.sam_mask_decoder(
-        image_embeddings=per_row.image_embed,
-        image_pe=sam.sam_prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=multimask,
-        repeat_image=False,
-        high_res_features=per_row.high_res,
-    )
-    return low_res, scores
 
 
 # ----------------------------------------------------------------------------- prompts

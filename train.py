@@ -24,9 +24,12 @@ In a notebook:
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import dataclasses
 import fcntl
+import functools
+import json
 import math
 import os
 import sys
@@ -41,6 +44,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import data
+import recipes
+from evaluate import evaluate_features, format_table
 from model import (
     MODELS,
     CheckpointError,
@@ -48,6 +53,7 @@ from model import (
     amp_dtype,
     autocast,
     check_fits,
+    decode,
     encode_images,
     freeze_for_finetune,
     load_model,
@@ -73,9 +79,13 @@ class Config:
     lr: float = 1e-5
     weight_decay: float = 4e-5
     score_weight: float = 0.05
+    recipe: str = "article"
+    clicks: int = 7
     save_every: int = 1000
     eval_every: int = 500
     log_every: int = 10
+    eval_clicks: int = 20
+    minutes: float = 0.0
     seed: int = 0
     device: str = "auto"
     resume: bool = False
@@ -92,6 +102,7 @@ class Config:
         at_least = {"steps": 1, "batch_size": 1, "max_masks": 1, "save_every": 1}
         at_least |= {"log_every": 1, "max_side": 1, "encode_batch": 1, "eval_every": 0}
         at_least |= {"workers": 0, "min_area": 0, "weight_decay": 0, "score_weight": 0}
+        at_least |= {"clicks": 0, "eval_clicks": 0, "minutes": 0}
         for name, low in at_least.items():
             if not getattr(self, name) >= low:
                 raise ValueError(f"--{flag(name)} must be >= {low}, got {getattr(self, name)}")
@@ -99,6 +110,8 @@ class Config:
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if self.model not in MODELS:
             raise ValueError(f"--model {self.model!r} is not one of {', '.join(MODELS)}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.cache not in ("auto", "gpu", "cpu", "off"):
             raise ValueError(f"--cache must be auto, gpu, cpu or off, got {self.cache!r}")
         if not self.data:
@@ -122,16 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", help="LabPics V1 root, images/+masks/ folders or a COCO json")
     g.add_argument("--demo", action="store_true", help="make demo_data/ if absent; short tiny run")
-    g.add_argument("--max-side", type=int, help="resize images so the longer side is this")
-    g.add_argument("--min-area", type=int, help="drop instances under this many pixels (resized)")
     g.add_argument("--complex", action="store_true", help="LabPics: add the Complex/ part")
     g = p.add_argument_group("recipe")
+    g.add_argument(
+        "--recipe",
+        choices=["article", "interactive"],
+        help="article: one click per mask, BCE + score loss; interactive: box or click, then "
+        "--clicks correction clicks, focal + dice + IoU loss (SAM 2's trainer)",
+    )
+    g.add_argument("--clicks", type=int, help="interactive: correction clicks per mask")
     g.add_argument("--steps", type=int, help="total optimizer steps (--resume continues to it)")
     g.add_argument("--batch-size", type=int, help="images per step, each with all its masks")
     g.add_argument("--max-masks", type=int, help="masks per image per step at most (random)")
     g.add_argument("--lr", type=float, help="AdamW learning rate")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay")
-    g.add_argument("--score-weight", type=float, help="weight of |predicted score - IoU|")
     g = p.add_argument_group("run")
     g.add_argument("--out", help="folder for checkpoints, model.pt, best.pt, log.csv, curves.png")
     g.add_argument("--model", choices=list(MODELS), help="SAM 2 size")
@@ -142,9 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument("--seed", type=int, help="seed of data order, clicks and init")
     g = p.add_argument_group("advanced")
+    g.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    g.add_argument("--score-weight", type=float, help="article: weight of |score - IoU|")
+    g.add_argument("--max-side", type=int, help="resize images so the longer side is this")
+    g.add_argument("--min-area", type=int, help="drop instances under this many pixels (resized)")
+    g.add_argument("--minutes", type=float, help="end training after this long (0: no limit)")
     g.add_argument("--save-every", type=int, help="write checkpoint.pt and model.pt every N steps")
     g.add_argument("--eval-every", type=int, help="val IoU every N steps (and first/last); 0: no")
     g.add_argument("--log-every", type=int, help="log.csv row and progress every N steps")
+    g.add_argument(
+        "--eval-clicks", type=int, help="click-curve evaluation before and after, at most N; 0: no"
+    )
     g.add_argument("--workers", type=int, help="DataLoader processes decoding images")
     g.add_argument("--cache", choices=["auto", "gpu", "cpu", "off"], help="where features live")
     g.add_argument("--encode-batch", type=int, help="images per image-encoder call")
@@ -256,6 +280,7 @@ class State:
     run_loss: float = 0.0  # running means shown in the log
     run_iou: float = 0.0
     seconds: float = 0.0
+    first_eval: dict | None = None  # the base model's click-curve metrics
 
 
 def build(cfg: Config, ctx: Context, ck: dict | None):
@@ -516,10 +541,19 @@ def compute_loss(
     return torch.stack(losses).mean(), torch.cat(ious)
 
 
-def article_recipe(sam, batch: Batch, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+def article_recipe(sam, batch: Batch, cfg: Config, gen) -> tuple[torch.Tensor, torch.Tensor]:
     """The article: each mask's click decoded once; its loss. Returns (loss, IoU per mask)."""
     low_res, scores = predict_logits(sam, batch.feats, batch.img_idx, batch.points, batch.sizes)
     return compute_loss(low_res, scores, batch.masks, cfg.score_weight)
+
+
+def interactive_recipe(sam, batch: Batch, cfg: Config, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM 2's trainer: a box or a click, then cfg.clicks correction clicks (recipes.py)."""
+    decode_fn = functools.partial(decode, sam, batch.feats, sizes=batch.sizes)
+    return recipes.interactive_loss(decode_fn, batch.masks, gen, clicks=cfg.clicks)
+
+
+RECIPES = {"article": article_recipe, "interactive": interactive_recipe}
 
 
 class Trainable(torch.nn.Module):
@@ -529,15 +563,15 @@ class Trainable(torch.nn.Module):
         super().__init__()
         self.sam = sam
 
-    def forward(self, recipe, batch: Batch, cfg: Config):
-        return recipe(self.sam, batch, cfg)
+    def forward(self, recipe, batch: Batch, cfg: Config, gen: torch.Generator):
+        return recipe(self.sam, batch, cfg, gen)
 
 
-def train_step(trainer, batch: Batch, opt, scaler, cfg: Config, device: torch.device):
-    """One optimizer step. Returns (loss, IoU per mask) on the device; loss is None when the
-    loss or the gradients were not finite, and the update was skipped."""
+def train_step(trainer, batch: Batch, opt, scaler, cfg: Config, gen, device: torch.device):
+    """One optimizer step of cfg.recipe. Returns (loss, IoU per mask) on the device; loss is
+    None when the loss or the gradients were not finite, and the update was skipped."""
     with autocast(device):
-        loss, iou = trainer(article_recipe, batch, cfg)
+        loss, iou = trainer(RECIPES[cfg.recipe], batch, cfg, gen)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     finite = torch.isfinite(loss.detach())
@@ -578,6 +612,18 @@ def evaluate(sam, cache: FeatureCache, device, world: int, chunk: int = 64) -> f
     for m, mode in zip(sam.modules(), modes):
         m.train(mode)
     return total / count if count else float("nan")
+
+
+def click_eval(sam, cache: FeatureCache, ctx: Context, max_clicks: int) -> dict:
+    """evaluate.py's click-curve metrics on `cache` (means over every rank's masks)."""
+    items = ((im.feats, im.masks, im.hw) for im in (cache.get([i])[0] for i in cache.ids))
+    m = evaluate_features(sam, items, max_clicks, progress=ctx.rank == 0, total=len(cache.ids))
+    if ctx.world > 1:
+        keys = [k for k in m if k not in ("masks", "max_clicks")]
+        t = torch.tensor([m["masks"], *(m[k] * m["masks"] for k in keys)], device=ctx.device)
+        dist.all_reduce(t.nan_to_num_(0.0))
+        m |= {"masks": int(t[0])} | {k: float(v / t[0]) for k, v in zip(keys, t[1:])}
+    return m
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -693,16 +739,21 @@ def fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
 
     if state.step == 0:  # the base model is the best so far: best.pt is never worse than it
         state.first_iou = state.best_iou = evaluate(sam, val_cache, ctx.device, ctx.world)
+        if cfg.eval_clicks:
+            state.first_eval = click_eval(sam, val_cache, ctx, cfg.eval_clicks)
         if rank0:
             log_row(val_iou=f"{state.first_iou:.4f}", seconds=0.0)
         save(best=True)
     bar = tqdm(total=cfg.steps, initial=state.step, disable=not rank0, dynamic_ncols=True)
-    while state.step < cfg.steps:
+    last, t_train = cfg.steps, time.time()  # --minutes counts training, not the base model's eval
+    while state.step < last:
         ids = batch_indices(state.step, train_cache.ids, cfg.batch_size, cfg.seed)
         batch = sample_batch(train_cache.get(ids), cfg.max_masks, gen)
-        loss, iou = train_step(trainer, batch, opt, scaler, cfg, ctx.device)
+        loss, iou = train_step(trainer, batch, opt, scaler, cfg, gen, ctx.device)
         state.step += 1
         bar.update(1)
+        if cfg.minutes and out_of_time(time.time() - t_train > 60 * cfg.minutes, ctx):
+            last = state.step
         if loss is None:
             bad += 1
             warnings.warn(f"step {state.step}: non-finite loss or gradients, update skipped")
@@ -717,7 +768,7 @@ def fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
         state.run_loss += k * (loss.item() - state.run_loss)
         state.run_iou += k * (iou.mean().item() - state.run_iou)
         val = None
-        if state.step == cfg.steps or (cfg.eval_every and state.step % cfg.eval_every == 0):
+        if state.step == last or (cfg.eval_every and state.step % cfg.eval_every == 0):
             val = evaluate(sam, val_cache, ctx.device, ctx.world)
         best = val is not None and val > state.best_iou
         state.best_iou = val if best else state.best_iou
@@ -731,11 +782,33 @@ def fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
                 val_iou="" if val is None else f"{val:.4f}",
                 seconds=f"{secs_before + secs:.1f}",
             )
-        if state.step % cfg.save_every == 0 or state.step == cfg.steps or best:
+        if state.step % cfg.save_every == 0 or state.step == last or best:
             save(best)
     bar.close()
     if rank0:
         log_f.close()
+
+
+def report_best(cfg: Config, ctx: Context, sam, val_cache: FeatureCache, before: dict) -> None:
+    """Click curves of best.pt next to the base model's; also written to OUT/eval.json."""
+    if ctx.world > 1:
+        dist.barrier()  # rank 0 has written best.pt
+    best = copy.deepcopy(sam)
+    best.load_state_dict(torch.load(ctx.out / "best.pt", weights_only=True)["model"])
+    after = click_eval(best, val_cache, ctx, cfg.eval_clicks)
+    if ctx.rank == 0:
+        print(f"validation, base model -> best.pt:\n{format_table(after, before)}")
+        text = json.dumps({"base": before, "best": after}, indent=2)
+        (ctx.out / "eval.json").write_text(text + "\n")
+
+
+def out_of_time(late: bool, ctx: Context) -> bool:
+    """--minutes: True once any rank is late, on every rank (all must stop at the same step)."""
+    if ctx.world == 1:
+        return late
+    flag = torch.tensor([int(late)], device=ctx.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag)
 
 
 def check_replicas(sam) -> None:
@@ -796,6 +869,8 @@ def train(cfg: Config) -> dict:
                 file=sys.stderr,
             )
         fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
+        if cfg.eval_clicks and state.first_eval:
+            report_best(cfg, ctx, sam, val_cache, state.first_eval)
     except BaseException:
         if rank == 0 and fresh and {p.name for p in ctx.out.iterdir()} <= {".lock"}:
             (ctx.out / ".lock").unlink(missing_ok=True)

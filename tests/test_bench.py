@@ -40,6 +40,7 @@ def test_bench_minimal(tmp_path, capsys):
         "fp32",
         "peak GPU memory",
         "ours/article",
+        "--recipe interactive",
     ):
         assert label in printed, label
 
@@ -52,6 +53,7 @@ def test_bench_minimal(tmp_path, capsys):
         tr["ours"]["masks_per_s"],
         tr["ours"]["s_per_step"],
         tr["ours"]["first_epoch_masks_per_s"],
+        tr["interactive"]["masks_per_s"],
         tr["ratio"],
         tr["ratio_first_epoch"],
         inf["article"]["s_per_image"],

@@ -2,6 +2,7 @@
 tiny random-weight SAM 2 on the CPU (a handful of images, the model loaded once per session)."""
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -13,7 +14,18 @@ import pytest
 import torch
 
 import infer
-from infer import colorize, grid_points, random_points, score_labels, segment, stitch
+from infer import (
+    colorize,
+    grid_points,
+    random_points,
+    ranked,
+    read_boxes,
+    score_labels,
+    segment,
+    segment_auto,
+    stitch,
+)
+from model import upscale_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,11 +39,16 @@ def box(hw, y0, y1, x0, x1):
 # ----------------------------------------------------------------------------- stitch
 
 
+def stitch_scored(masks, scores, region=None, overlap=0.15, min_score=None):
+    """stitch() the way segment() calls it: the masks best score first."""
+    return stitch((masks[i] for i in ranked(scores, min_score)), masks.shape[1:], region, overlap)
+
+
 @pytest.mark.parametrize("shared, kept", [(10, True), (20, False)])
 def test_stitch_overlap_rule(shared, kept):
     a = box((20, 20), 0, 10, 0, 10)  # 100 px, best score
     b = box((20, 20), 0, 10, 10 - shared // 10, 20 - shared // 10)  # 100 px, `shared` on a
-    labels = stitch(np.stack([a, b]), np.array([0.9, 0.5]), overlap=0.15)
+    labels = stitch_scored(np.stack([a, b]), np.array([0.9, 0.5]), overlap=0.15)
     assert labels.dtype == np.uint16
     assert (labels[a] == 1).all()  # the winner keeps its pixels
     if kept:
@@ -42,13 +59,13 @@ def test_stitch_overlap_rule(shared, kept):
 
 def test_stitch_overlap_flag_is_used():
     a, b = box((20, 20), 0, 10, 0, 10), box((20, 20), 0, 10, 8, 18)  # 20% shared
-    assert stitch(np.stack([a, b]), np.array([0.9, 0.5]), overlap=0.25).max() == 2
-    assert stitch(np.stack([a, b]), np.array([0.9, 0.5]), overlap=0.0).max() == 1
+    assert stitch_scored(np.stack([a, b]), np.array([0.9, 0.5]), overlap=0.25).max() == 2
+    assert stitch_scored(np.stack([a, b]), np.array([0.9, 0.5]), overlap=0.0).max() == 1
 
 
 def test_stitch_higher_score_wins_contested_pixels():
     low, high = box((20, 20), 0, 10, 0, 10), box((20, 20), 0, 10, 9, 19)  # 10% shared
-    labels = stitch(np.stack([low, high]), np.array([0.2, 0.9]))
+    labels = stitch_scored(np.stack([low, high]), np.array([0.2, 0.9]))
     assert (labels[high] == 1).all()  # ids follow score, not input order
     assert (labels[low & ~high] == 2).all()
 
@@ -60,18 +77,23 @@ def test_stitch_clips_to_region_and_skips_empty_masks():
     empty = np.zeros((20, 20), bool)
     inside = box((20, 20), 10, 15, 0, 5)
     masks = np.stack([empty, outside, half_out, inside])
-    labels = stitch(masks, np.array([1.0, 0.9, 0.8, 0.7]), region=region)
+    labels = stitch_scored(masks, np.array([1.0, 0.9, 0.8, 0.7]), region=region)
     assert (labels[~region] == 0).all()
     assert (labels[half_out & region] == 1).all()  # empty + outside took no id
     assert (labels[inside] == 2).all()
     assert set(np.unique(labels)) == {0, 1, 2}
+    # torch masks too, and nothing at all
+    assert np.array_equal(stitch(torch.from_numpy(masks[2:]), (20, 20), region), labels)
+    assert np.array_equal(stitch([], (3, 4)), np.zeros((3, 4), np.uint16))
+    with pytest.raises(ValueError, match="expected"):
+        stitch([np.ones((3, 3), bool)], (3, 4))
 
 
 def test_stitch_more_than_255_ids():
     n, hw = 300, (20, 15)
     masks = np.zeros((n, *hw), bool)
     masks[np.arange(n), np.arange(n) // hw[1], np.arange(n) % hw[1]] = True  # one pixel each
-    labels = stitch(masks, np.linspace(1, 0, n))
+    labels = stitch_scored(masks, np.linspace(1, 0, n))
     assert labels.dtype == np.uint16
     assert sorted(np.unique(labels)) == list(range(1, n + 1))  # all distinct, none wrapped
 
@@ -79,10 +101,11 @@ def test_stitch_more_than_255_ids():
 def test_stitch_min_score_and_id_overflow(monkeypatch):
     masks = np.stack([box((4, 4), i, i + 1, 0, 4) for i in range(4)])
     scores = np.array([0.9, 0.8, 0.3, 0.1])
-    assert stitch(masks, scores, min_score=0.5).max() == 2
+    assert stitch_scored(masks, scores, min_score=0.5).max() == 2
+    assert list(ranked([0.5, 0.9, 0.5, 0.1], min_score=0.4)) == [1, 0, 2]  # ties keep order
     monkeypatch.setattr(infer, "MAX_ID", 3)
     with pytest.raises(ValueError, match="uint16"):
-        stitch(masks, scores)
+        stitch_scored(masks, scores)
 
 
 # ----------------------------------------------------------------------------- score_labels
@@ -183,41 +206,43 @@ def test_prefetch_keeps_order_and_passes_errors():
 # ----------------------------------------------------------------------------- segment
 
 
-def fake_predict(calls):
-    """A stand-in for predict_masks: an 80 px box around each click, first click best."""
+def fake_prompts(calls):
+    """A stand-in for predict_prompts: low-res logits of a disc (radius 20 of 256) around each
+    prompt's first point, smooth so that the edge falls between pixels; first prompt best."""
 
-    def predict(sam, image, points, batch_points=64):
-        calls.append((image.shape, points))
+    def predict(sam, image, coords, labels, batch=64):
+        calls.append((image.shape, coords, labels))
         h, w = image.shape[:2]
-        masks = np.zeros((len(points), h, w), bool)
-        for i, (x, y) in enumerate(points.astype(int)):
-            masks[i, max(0, y - 40) : y + 40, max(0, x - 40) : x + 40] = True
-        return masks, np.linspace(1, 0, len(points))
+        yy, xx = np.mgrid[:256, :256] + 0.5
+        cx, cy = coords[:, 0, 0] * 256 / w, coords[:, 0, 1] * 256 / h
+        dist = np.hypot(xx - cx[:, None, None], yy - cy[:, None, None])
+        scores = np.linspace(1, 0, len(coords), dtype=np.float32)
+        return torch.from_numpy((20 - dist).astype(np.float32)), scores
 
     return predict
 
 
 def test_segment_sizes_region_and_grid(monkeypatch):
     calls = []
-    monkeypatch.setattr(infer, "predict_masks", fake_predict(calls))
+    monkeypatch.setattr(infer, "predict_prompts", fake_prompts(calls))
     image = np.zeros((150, 260, 3), np.uint8)
     region = box((150, 260), 20, 130, 10, 150)
     labels = segment(None, image, region, points=12, seed=3)
     assert labels.shape == (150, 260) and labels.dtype == np.uint16
     assert (labels[~region] == 0).all() and labels.max() >= 2
     assert list(np.unique(labels)) == list(range(labels.max() + 1))  # consecutive ids
-    ((shape, pts),) = calls
-    assert shape == (591, 1024, 3)  # SAM sees the longer side at 1024
-    assert len(pts) == 12
+    ((shape, coords, lab),) = calls
+    assert shape == (150, 260, 3) and coords.shape == (12, 1, 2) and (lab == 1).all()
+    assert region[coords[:, 0, 1].astype(int), coords[:, 0, 0].astype(int)].all()
     assert np.array_equal(labels, segment(None, image, region, points=12, seed=3))
 
     calls.clear()
     segment(None, image, region, grid=8)
-    ((shape, pts),) = calls
-    work_region = infer.resize_longest(region, 1024, nearest=True)
-    assert 0 < len(pts) < 64 and work_region[pts[:, 1].astype(int), pts[:, 0].astype(int)].all()
+    ((_, coords, _),) = calls
+    assert 0 < len(coords) < 64
+    assert region[coords[:, 0, 1].astype(int), coords[:, 0, 0].astype(int)].all()
 
-    # larger than 1024: the region is downscaled for SAM, labels come back clipped to the original
+    # larger than 1024, a speckled region: clicks and labels stay inside it
     big = np.zeros((700, 1300, 3), np.uint8)
     noisy = np.random.default_rng(0).random((700, 1300)) < 0.7
     labels = segment(None, big, noisy, points=5)
@@ -229,6 +254,29 @@ def test_segment_sizes_region_and_grid(monkeypatch):
         segment(None, image, np.zeros((150, 260), bool))
 
 
+def test_segment_full_resolution_edges(monkeypatch):
+    """Issue 8 h: a mask is thresholded at the image's own size (bilinear logits, as SAM 2's
+    postprocess_masks), not at 1024 and then upsized by nearest neighbour into staircases;
+    a big image is upscaled a few masks at a time."""
+    calls = []
+    monkeypatch.setattr(infer, "predict_prompts", fake_prompts(calls))
+    hw = (1500, 2000)
+    image = np.zeros((*hw, 3), np.uint8)
+    labels = segment(None, image, points=1)
+    logits, _ = fake_prompts([])(None, image, *calls[0][1:])
+    direct = upscale_logits(logits[:, None], hw)[0, 0].numpy() > 0
+    assert np.array_equal(labels > 0, direct)
+
+    chunks = []
+    real = infer.upscale_logits
+    monkeypatch.setattr(infer, "upscale_logits", lambda x, hw: chunks.append(len(x)) or real(x, hw))
+    monkeypatch.setattr(infer, "UPSCALE_PIXELS", 2 * hw[0] * hw[1] + 5)
+    several = segment(None, image, points=5)
+    assert chunks == [2, 2, 1]
+    monkeypatch.setattr(infer, "UPSCALE_PIXELS", 1 << 40)
+    assert np.array_equal(several, segment(None, image, points=5))
+
+
 def test_segment_with_tiny_model(tiny_model):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
@@ -237,6 +285,119 @@ def test_segment_with_tiny_model(tiny_model):
     assert labels.shape == (96, 128) and labels.dtype == np.uint16
     assert (labels[~region] == 0).all()
     assert labels.max() >= 1  # random weights still predict some mask
+
+
+def test_boxes_decode_as_sam2_predictor(tiny_model):
+    """Box prompts give SAM2ImagePredictor's single-mask logits and scores (clicks: see
+    test_model). An image whose longer side is 1024 reaches the encoder unresized both ways."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    image = np.random.default_rng(3).integers(0, 256, (256, 1024, 3), dtype=np.uint8)
+    boxes = np.array([[10, 20, 300, 200], [500, 0, 1000, 250], [0, 0, 1024, 256]], np.float32)
+    ours, scores = infer.predict_prompts(
+        tiny_model, image, boxes.reshape(-1, 2, 2), np.tile([[2, 3]], (3, 1)), batch=2
+    )
+    pred = SAM2ImagePredictor(tiny_model)
+    with torch.inference_mode():
+        pred.set_image(image)
+        _, s, low = pred.predict(box=boxes, multimask_output=False, return_logits=True)
+    np.testing.assert_allclose(ours.clamp(-32, 32).numpy(), low[:, 0], atol=1e-4)
+    np.testing.assert_allclose(scores, s[:, 0], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- boxes
+
+
+def write_json(path, obj):
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_read_boxes_formats(tmp_path):
+    plain = read_boxes(write_json(tmp_path / "a.json", [[1, 2, 30, 40], [5, 5, 9, 9]]))
+    assert list(plain) == [None] and plain[None].shape == (2, 4)
+    assert read_boxes(write_json(tmp_path / "e.json", []))[None].shape == (0, 4)
+
+    by_name = read_boxes(write_json(tmp_path / "b.json", {"x/a.jpg": [[1, 2, 3, 4]], "b": []}))
+    assert set(by_name) == {"a.jpg", "b"} and by_name["b"].shape == (0, 4)
+
+    dets = [
+        {"file_name": "a.jpg", "bbox": [10, 20, 30, 40], "score": 0.9},
+        {"image_id": "b", "bbox": [0, 0, 5, 5], "category_id": 1},
+        {"file_name": "a.jpg", "bbox": [1, 1, 1, 1]},
+    ]
+    table = read_boxes(write_json(tmp_path / "c.json", dets))
+    assert table["a.jpg"].tolist() == [[10, 20, 40, 60], [1, 1, 2, 2]]  # xywh -> xyxy
+    assert table["b"].tolist() == [[0, 0, 5, 5]]
+
+    coco = {
+        "images": [{"id": 7, "file_name": "imgs/c.png"}],
+        "annotations": [
+            {"image_id": 7, "bbox": [2, 3, 4, 5]},
+            {"image_id": 9, "bbox": [0, 0, 1, 1]},
+        ],
+    }
+    table = read_boxes(write_json(tmp_path / "d.json", coco))
+    assert table["c.png"].tolist() == [[2, 3, 6, 8]] and table["9"].tolist() == [[0, 0, 1, 1]]
+
+
+@pytest.mark.parametrize(
+    "content, expect",
+    [
+        (None, "cannot read"),
+        ("{not json", "not valid JSON"),
+        ("[[1, 2, 3]]", "x0, y0, x1, y1"),
+        ('[[1, 2, "a", 4]]', "x0, y0, x1, y1"),
+        ('{"a.jpg": [1, 2, 3, 4]}', "image 'a.jpg'"),
+        ('[{"file_name": "a.jpg"}]', "detection 0 lacks"),
+        ('[{"file_name": "a.jpg", "bbox": [1, 2]}]', "detection 0"),
+        ("3", "expected a JSON list"),
+    ],
+)
+def test_read_boxes_bad_file(tmp_path, content, expect):
+    path = tmp_path / "boxes.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(infer.DataError, match=expect) as e:
+        read_boxes(path)
+    assert "boxes.json" in str(e.value)
+
+
+def test_clip_boxes_warns_and_skips_degenerate():
+    boxes = np.array([[-5, -5, 20, 20], [50, 10, 40, 30], [200, 0, 300, 10], [5, 5, 5, 9]])
+    with pytest.warns(UserWarning) as rec:
+        kept = infer.clip_boxes(np.vstack([boxes, [[np.nan, 0, 1, 1]]]), (40, 100), "p.jpg")
+    assert kept.tolist() == [[0, 0, 20, 20]]
+    text = " ".join(str(w.message) for w in rec)
+    assert all(f"box {i}" in text for i in (1, 2, 3, 4)) and "p.jpg" in text and "100x40" in text
+
+
+def test_segment_boxes_one_mask_each(monkeypatch):
+    calls = []
+    monkeypatch.setattr(infer, "predict_prompts", fake_prompts(calls))
+    image = np.zeros((100, 200, 3), np.uint8)
+    boxes = np.array([[10, 10, 60, 60], [150, 50, 250, 150], [80, 80, 80, 90]], np.float64)
+    with pytest.warns(UserWarning, match="box 2"):
+        labels = segment(None, image, boxes=boxes, points=99, grid=None)
+    ((_, coords, lab),) = calls
+    assert coords.tolist() == [[[10, 10], [60, 60]], [[150, 50], [200, 100]]]  # clipped
+    assert lab.tolist() == [[2, 3], [2, 3]]
+    assert labels.max() == 2
+    calls.clear()
+    assert not segment(None, image, boxes=np.zeros((0, 4))).any() and not calls
+
+
+# ----------------------------------------------------------------------------- prompt-free
+
+
+def test_segment_auto_with_tiny_model(tiny_model):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    region = box((64, 80), 0, 64, 0, 40)
+    labels = segment_auto(tiny_model, image, region, points_per_side=3, min_score=0, stability=0)
+    assert labels.shape == (64, 80) and labels.dtype == np.uint16
+    assert labels.max() >= 1 and (labels[~region] == 0).all()
+    assert list(np.unique(labels)) == list(range(labels.max() + 1))
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -335,9 +496,9 @@ def test_real_cli_single_image_with_gt(tmp_path):
     image = write(tmp_path / "photo.jpg", rng.integers(0, 256, (100, 150, 3), dtype=np.uint8))
     region = box((100, 150), 10, 90, 30, 120)
     mask = write(tmp_path / "region.png", region.astype(np.uint8))
-    gt = np.zeros((100, 150, 3), np.uint8)  # LabPics-style instance PNG: vessel ids in channel 2
-    gt[10:90, 30:120, 2] = 1
-    gt[40:60, 50:80, 0] = 1  # a material inside the vessel
+    gt = np.zeros((100, 150, 3), np.uint8)  # LabPics instance PNG: vessel ids in channel 2
+    gt[10:90, 30:75, 2], gt[10:90, 75:120, 2] = 1, 2
+    gt[40:60, 50:100, 0] = 1  # one material across both vessels: 3 instances, 4 colours
     gt = write(tmp_path / "gt.png", gt)
     r = subprocess.run(
         [
@@ -347,6 +508,7 @@ def test_real_cli_single_image_with_gt(tmp_path):
             str(mask),
             "--gt",
             str(gt),
+            "--gt-labpics",
             "--checkpoint",
             "none",
             "--model",
@@ -364,11 +526,74 @@ def test_real_cli_single_image_with_gt(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "mean best IoU" in r.stdout and "matched at IoU>=0.5" in r.stdout
-    assert "of 2 GT instances" in r.stdout
+    assert "of 3 GT instances" in r.stdout
     assert "RANDOM weights" in r.stderr
     labels = read(tmp_path / "o" / "photo_labels.png")
     assert labels.shape == (100, 150) and labels.dtype == np.uint16
     assert (labels[~region] == 0).all()
+
+
+def test_cli_colour_gt_and_labpics_gt(tmp_path, shared_model, capsys):
+    """Issue 9 item 6: a colour-coded ground truth is one instance per colour; LabPics PNGs
+    merge their channels only with --gt-labpics."""
+    image = write(tmp_path / "img.png", np.zeros((40, 60, 3), np.uint8))
+    gt = np.zeros((40, 60, 3), np.uint8)
+    for i, bgr in enumerate([(0, 0, 255), (0, 255, 0), (0, 255, 255), (255, 0, 0)]):  # R G Y B
+        gt[5:35, 2 + 14 * i : 14 + 14 * i] = bgr
+    write(tmp_path / "gt.png", gt)
+    args = [image, "--gt", tmp_path / "gt.png", "--points", 2, "--out", tmp_path / "o"]
+    rc, stdout, _ = run_main(args, capsys)
+    assert rc == 0 and "of 4 GT instances" in stdout
+    gt[...] = 0  # LabPics: two vessels (channel 2), one material across both (channel 0)
+    gt[5:35, 2:30, 2], gt[5:35, 30:58, 2], gt[15:25, 10:50, 0] = 1, 2, 1
+    job = infer.Job(image, gt=write(tmp_path / "gt.png", gt))
+    assert len(np.unique(infer.load_job(job)[2])) == 1 + 4  # 4 colours
+    assert len(np.unique(infer.load_job(job, gt_labpics=True)[2])) == 1 + 3
+
+
+def test_cli_boxes_folder_mode(tmp_path, shared_model, capsys):
+    rng = np.random.default_rng(4)
+    for name in ("a.jpg", "b.png", "c.png"):
+        write(tmp_path / "in" / name, rng.integers(0, 256, (60, 90, 3), dtype=np.uint8))
+    dets = {
+        "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.png"}],
+        "annotations": [
+            {"image_id": 1, "bbox": [5, 5, 40, 30]},
+            {"image_id": 1, "bbox": [50, 10, 80, 80]},  # runs off the image: clipped
+            {"image_id": 2, "bbox": [100, 100, 10, 10]},  # outside: skipped with a warning
+            {"image_id": 3, "bbox": [0, 0, 5, 5]},  # an image not in the folder
+        ],
+    }
+    boxes = write_json(tmp_path / "dets.json", dets)
+    with pytest.warns(UserWarning, match="b.png: skipped box 0"):
+        rc, stdout, stderr = run_main(
+            [tmp_path / "in", "--boxes", boxes, "--out", tmp_path / "o"], capsys
+        )
+    assert rc == 0, stderr
+    assert "names 1 image(s) not in the folder, ignored: 3" in stderr
+    assert "no boxes for c.png" in stderr
+    assert "b.png: no segment found" in stderr
+    assert 1 <= read(tmp_path / "o" / "a_labels.png").max() <= 2
+    assert read(tmp_path / "o" / "b_labels.png").max() == 0
+    assert "wrote 9 files for 3 image(s)" in stdout
+
+    rc, _, stderr = run_main(
+        [tmp_path / "in", "--boxes", write_json(tmp_path / "l.json", [[1, 2, 3, 4]])], capsys
+    )
+    assert rc == 2 and "one list of boxes, for one image" in stderr
+
+
+def test_cli_auto_with_gt_and_an_empty_image(tmp_path, shared_model, capsys):
+    """--auto on a blank image: no mask passes the thresholds, which is said, and scored."""
+    image = write(tmp_path / "blank.png", np.full((48, 64, 3), 128, np.uint8))
+    gt = write(tmp_path / "gt.png", box((48, 64), 10, 30, 10, 40).astype(np.uint8))
+    rc, stdout, stderr = run_main(
+        [image, "--auto", "--grid", 2, "--gt", gt, "--out", tmp_path / "o"], capsys
+    )
+    assert rc == 0, stderr
+    assert "no segment found (lower --min-score or --stability)" in stderr
+    assert "blank.png: 0 segments; mean best IoU 0.000" in stdout and "of 1 GT instances" in stdout
+    assert read(tmp_path / "o" / "blank_labels.png").max() == 0
 
 
 @pytest.fixture
@@ -381,6 +606,8 @@ def files(tmp_path):
         "empty_mask": write(tmp_path / "empty.png", np.zeros((60, 80), np.uint8)),
         "corrupt": write(tmp_path / "c.png", np.ones((60, 80), np.uint8)),
         "gt_small": write(tmp_path / "gt.png", np.ones((60, 79), np.uint16)),
+        "bad_json": write_json(tmp_path / "bad.json", {"img.png": [[1, 2, 3]]}),
+        "other_boxes": write_json(tmp_path / "other.json", {"photo.jpg": [[1, 2, 3, 4]]}),
     }
 
 
@@ -401,6 +628,13 @@ def files(tmp_path):
         ("overlap < 0", ["{image}", "--overlap", "-0.1"], "--overlap"),
         ("unknown model", ["{image}", "--model", "huge"], "--model"),
         ("masks for one image", ["{image}", "--masks", "{tmp}"], "--masks"),
+        ("missing boxes", ["{image}", "--boxes", "{tmp}/nob.json"], "nob.json"),
+        ("corrupt boxes", ["{image}", "--boxes", "{corrupt}"], "not valid JSON"),
+        ("bad box", ["{image}", "--boxes", "{bad_json}"], "x0, y0, x1, y1"),
+        ("boxes of other images", ["{image}", "--boxes", "{other_boxes}"], "photo.jpg"),
+        ("boxes and grid", ["{image}", "--boxes", "{other_boxes}", "--grid", "4"], "--grid"),
+        ("boxes and auto", ["{image}", "--boxes", "{other_boxes}", "--auto"], "--auto"),
+        ("stability > 1", ["{image}", "--auto", "--stability", "2"], "--stability"),
     ],
 )
 def test_cli_bad_input(case, args, expect, tmp_path, files, no_model, capsys):
@@ -468,6 +702,10 @@ def test_parser_help_mentions_every_flag():
         "--show",
         "--masks",
         "--gt",
+        "--gt-labpics",
+        "--boxes",
+        "--auto",
+        "--stability",
     ):
         assert flag in text
     assert isinstance(infer.build_parser(), argparse.ArgumentParser)

@@ -7,10 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import Features, predict_logits, upscale_logits
+from model import Features, decode, upscale_logits
 from recipes import (
     correction_clicks,
-    decode,
     interactive_loss,
     jittered_boxes,
     low_res_targets,
@@ -55,17 +54,6 @@ def recorder(sam, gts) -> Recorder:
 
 
 # ----------------------------------------------------------------------------- decode
-
-
-def test_decode_one_click_is_predict_logits(tiny_model):
-    feats, sizes = random_feats(), torch.tensor([[40, 60], [50, 50]])
-    img_idx, pts = torch.tensor([0, 1, 1]), torch.tensor([[3.0, 7.0], [49.0, 0.0], [20.0, 30.0]])
-    with torch.no_grad():
-        want = predict_logits(tiny_model, feats, img_idx, pts, sizes)
-        got = decode(
-            tiny_model, feats, img_idx, sizes, pts[:, None], torch.ones(3, 1, dtype=torch.int)
-        )
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_decode_box_clicks_and_mask_match_sam2_predictor(tiny_model):

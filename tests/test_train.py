@@ -36,6 +36,8 @@ FAST = [
     "3",
     "--log-every",
     "1",
+    "--eval-clicks",
+    "2",
 ]
 
 
@@ -202,14 +204,14 @@ def test_loss_falls(demo):
     def fixed_loss():
         with torch.no_grad():
             batch = train.sample_batch(fixed, 3, torch.Generator().manual_seed(123))
-            return train.article_recipe(sam, batch, cfg)[0].item()
+            return train.article_recipe(sam, batch, cfg, None)[0].item()
 
     before = fixed_loss()
     for step in range(24):
         images = cache.get(train.batch_indices(step, cache.ids, 2, 0))
         batch = train.sample_batch(images, cfg.max_masks, gen)
         loss, _ = train.train_step(
-            train.Trainable(sam), batch, opt, scaler, cfg, torch.device("cpu")
+            train.Trainable(sam), batch, opt, scaler, cfg, gen, torch.device("cpu")
         )
         assert loss is not None and torch.isfinite(loss)
     assert fixed_loss() < 0.8 * before
