@@ -335,6 +335,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed(device: torch.device, fn) -> tuple[int, float]:
+    """(what fn() returns, its seconds), the GPU's queued work included."""
+    sync(device)
+    t0 = time.perf_counter()
+    n = fn()
+    sync(device)
+    return n, time.perf_counter() - t0
+
+
 def fresh_model(args, device: torch.device):
     """The same random-init SAM 2 every call (seeded), so each method starts from equal weights."""
     torch.manual_seed(args.seed)
@@ -422,14 +431,15 @@ def time_article_training(args, entries: list[dict], device: torch.device) -> di
     optimizer = torch.optim.AdamW(params=predictor.model.parameters(), lr=1e-5, weight_decay=4e-5)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     np.random.seed(args.seed)
-    for _ in range(args.warmup):
-        article_train_step(predictor, optimizer, scaler, entries, device)[0]
-    sync(device)
-    t0, n = time.perf_counter(), 0
-    for _ in range(args.steps):
-        n += article_train_step(predictor, optimizer, scaler, entries, device)[0]
-    sync(device)
-    secs = time.perf_counter() - t0
+
+    def run(steps: int) -> int:
+        return sum(
+            article_train_step(predictor, optimizer, scaler, entries, device)[0]
+            for _ in range(steps)
+        )
+
+    run(args.warmup)
+    n, secs = timed(device, lambda: run(args.steps))
     return {
         "masks_per_s": n / secs,
         "s_per_step": secs / args.steps,
@@ -471,19 +481,16 @@ def time_our_training(
             for s in range(first, first + n)
         )
 
-    sync(device)
-    t0 = time.perf_counter()
-    cache = train.FeatureCache(dataset, indices, cfg, sam, device, progress=True)
+    def first_epoch() -> int:
+        nonlocal cache
+        cache = train.FeatureCache(dataset, indices, cfg, sam, device, progress=True)
+        return run(0, math.ceil(len(cache.ids) / cfg.batch_size))
+
+    cache = None
+    n_first, first_secs = timed(device, first_epoch)
     epoch = math.ceil(len(cache.ids) / cfg.batch_size)
-    n_first = run(0, epoch)
-    sync(device)
-    first_secs = time.perf_counter() - t0
     run(epoch, args.warmup)
-    sync(device)
-    t1 = time.perf_counter()
-    n = run(epoch + args.warmup, args.steps)
-    sync(device)
-    secs = time.perf_counter() - t1
+    n, secs = timed(device, lambda: run(epoch + args.warmup, args.steps))
     return {
         "masks_per_s": n / secs,
         "s_per_step": secs / args.steps,

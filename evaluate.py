@@ -35,18 +35,8 @@ import numpy as np
 import torch
 
 import data
-from model import (
-    CheckpointError,
-    Features,
-    autocast,
-    decode,
-    encode_images,
-    load_model,
-    model_name_in,
-    plain_warnings,
-    resolve_device,
-    upscale_logits,
-)
+import model
+from model import Features, autocast, decode, encode_images, upscale_logits
 
 CURVE_AT = (1, 3, 5)  # mIoU reported after these many clicks
 NOC_AT = (0.85, 0.90)
@@ -279,18 +269,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    plain_warnings()
+    model.plain_warnings()
     try:
-        device = resolve_device(args.device)
+        device = model.resolve_device(args.device)
         ds = data.load_split(args.data, args.split)  # before the model: bad paths fail fast
         name = args.model
         if name is None:
             is_file = args.checkpoint and Path(args.checkpoint).is_file()
-            name = (model_name_in(args.checkpoint) if is_file else None) or "small"
-        sam = load_model(name, args.checkpoint, device).eval()
+            name = (model.model_name_in(args.checkpoint) if is_file else None) or "small"
+        sam = model.load_model(name, args.checkpoint, device).eval()
         pairs = ((s.image, s.masks) for s in (ds[i] for i in range(len(ds))) if s and len(s.masks))
         metrics = evaluate_model(sam, pairs, device, args.max_clicks, total=len(ds))
-    except (CheckpointError, data.DataError, ValueError) as e:
+    except (model.CheckpointError, data.DataError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     if not metrics["masks"]:
         raise SystemExit(f"error: no usable masks in the '{args.split}' split of {args.data}")
