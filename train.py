@@ -120,7 +120,7 @@ class Config:
 
 # --demo: small enough to finish in a few minutes on a 2-core CPU
 DEMO = dict(data="demo_data", out="runs/demo", model="tiny", steps=40, batch_size=2, max_masks=4)
-DEMO |= dict(eval_every=20, save_every=20, log_every=5, eval_clicks=10)
+DEMO |= dict(eval_every=20, save_every=20, log_every=5, eval_clicks=5)
 
 
 def flag(name: str) -> str:
