@@ -33,6 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from sam2.utils.misc import mask_to_box
 
 import data
 import model
@@ -107,12 +108,8 @@ def click_ious(
 
 
 def gt_boxes(gts: np.ndarray) -> np.ndarray:
-    """(N, H, W) bool -> (N, 4) float xyxy: inclusive pixel bounds, as SAM 2's mask_to_box."""
-    boxes = np.zeros((len(gts), 4), np.float32)
-    for i, m in enumerate(gts):
-        ys, xs = np.nonzero(m)
-        boxes[i] = xs.min(), ys.min(), xs.max(), ys.max()
-    return boxes
+    """(N, H, W) bool -> (N, 4) float xyxy: inclusive pixel bounds (SAM 2's mask_to_box)."""
+    return mask_to_box(torch.from_numpy(gts)[:, None])[:, 0].float().numpy()
 
 
 def score_masks(

@@ -13,7 +13,8 @@ resumes, validation IoU, any device, DistributedDataParallel under torchrun.
     python train.py --help                                    # every option, in groups
 
 Outputs in --out: checkpoint.pt (resumable), model.pt and best.pt (SAM 2's own format: load with
-build_sam2(config, "model.pt") or infer.py --checkpoint), log.csv and curves.png.
+build_sam2(config, "model.pt") or infer.py --checkpoint), log.csv, curves.png and eval.json
+(click curves of the base model and best.pt).
 
 In a notebook:
 
@@ -896,6 +897,7 @@ def train(cfg: Config) -> dict:
             f"done: {state.step} steps. val IoU at step 0: {state.first_iou:.4f} -> best "
             f"{state.best_iou:.4f}. Files in {ctx.out}: model.pt (final), best.pt (best val), "
             "checkpoint.pt (resume), log.csv, curves.png"
+            + (", eval.json (click curves)" if cfg.eval_clicks else "")
         )
     return {**summary, **dataclasses.asdict(state)}
 
