@@ -1,64 +1,74 @@
-"""Datasets for fine-tuning SAM 2: LabPics V1, instance-mask folders and COCO JSON.
+"""Datasets for fine-tuning SAM 2, read as the annotation tools write them: LabPics V1, label-PNG
+folders, Pascal VOC, COCO (CVAT, Roboflow, detectron2), YOLO segmentation (Ultralytics, Roboflow)
+and labelme.
 
     python data.py --make-demo demo_data      # small synthetic LabPics-style dataset
-    python data.py demo_data                  # what was found: format, splits, instances, skips
+    python data.py demo_data                  # what was found: layout, splits, instances, skips
     python data.py /data/LabPicsV1 --complex  # include the Complex/ part of LabPics
+    python data.py cvat_export --crowd-instances  # CVAT's COCO export: its masks are crowd regions
     python -m pytest -q tests/test_data.py
 
-Layouts (picked from what the path points at, see detect_format):
-    labpics: root/Simple/{Train,Test}/Image/x.jpg + root/Simple/{Train,Test}/Instance/x.png
-             (instance PNG as cv2 reads it: channel 0 = material ids, channel 2 = vessel ids)
-    folder:  root/images/x.jpg + root/masks/x.png (one label PNG per image, 0 = background;
-             a colour PNG: each distinct colour one instance, black = background),
-             or root/{train,test|val}/{images,masks}/...
-    coco:    a COCO instances JSON, or root/annotations/*.json. An image's file_name is looked up
-             relative to the JSON's folder, then its images/ subfolder, then the same two beside
-             the JSON's parent folder (root/images/, root/train2017/ for instances_train2017.json).
-Splits: a part named train (Train/, train/, instances_train*.json, *_trainval.json) or test / val
-is that split when the other split has a part too; all other images are split 80/20 by a hash
-of their file names. Images are read as cv2.imread reads them (EXIF orientation applied); label
-PNGs are never rotated.
+The layout is picked from what the path points at: the first entry of LAYOUTS whose detect()
+accepts it (each entry: which tool writes it and what it looks like; the README has the table).
+Splits: parts named train (Train/, train/, instances_train*.json, *_trainval.json) and val (val/,
+valid/, instances_val*.json) are the two splits, a test part being the validation split only where
+there is no val part; all other images are split 80/20 by a hash of their file names. Images are
+read as cv2.imread reads them (EXIF orientation applied); label PNGs are never rotated. Every
+instance is decoded and resized one at a time, so memory follows the resized output.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import io
 import itertools
 import json
 import os
 import re
 import sys
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import cv2
 import numpy as np
 import torch
-from PIL import Image
+import yaml
+from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-LAYOUTS = """layouts looked for:
-  labpics: ROOT/Simple/Train/Image/x.jpg + ROOT/Simple/Train/Instance/x.png (Test/ likewise)
-  folder:  ROOT/images/x.jpg + ROOT/masks/x.png, or ROOT/train/{images,masks} + ROOT/test/...
-  coco:    ROOT/annotations/instances_train.json + ROOT/images/x.jpg, or a path to a .json"""
 IMAGES_MASKS = ("images", "masks")  # the folder layout's two subfolders
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 END_MARKERS = {
     b"\xff\xd8": ("JPEG", b"\xff\xd9"),
     PNG_SIGNATURE[:2]: ("PNG", b"IEND"),
 }  # start -> (kind, end)
-# whole words of a COCO file name that tag its split ("instances_trainval2017" -> train)
-SPLIT_WORDS = {"train": "train", "trainval": "train", "training": "train", "val": "test"}
-SPLIT_WORDS |= {"valid": "test", "validation": "test", "minival": "test", "test": "test"}
+# whole words of a part's name that tag its split ("instances_trainval2017" -> train)
+SPLIT_WORDS = {"train": "train", "trainval": "train", "training": "train", "test": "test"}
+SPLIT_WORDS |= {"val": "val", "valid": "val", "validation": "val", "minival": "val"}
+LABELME_REGIONS = ("polygon", "rectangle", "circle", "oriented_rectangle", "mask")
 
 
 class DataError(Exception):
     """A dataset file or folder is missing, unreadable or inconsistent (the message names it)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a dataset is read: the data flags of data.py and train.py."""
+
+    complex: bool = False  # LabPics: add the Complex/ part
+    crowd: bool = False  # COCO crowd regions (iscrowd=1) are instances too (CVAT's masks are)
+    ignore_index: int = 255  # this value of an 8-bit or palette label PNG is no instance; -1: none
+
+    def __post_init__(self):
+        if not -1 <= self.ignore_index <= 255:
+            raise ValueError(f"--ignore-index must be -1 (none) or 0-255, got {self.ignore_index}")
 
 
 @dataclass
@@ -66,11 +76,14 @@ class Record:
     """One image and its annotation, as found on disk (nothing decoded yet)."""
 
     image: Path
-    annotation: Path | None  # label PNG / LabPics instance PNG; None for COCO
-    format: str  # "labpics" | "folder" | "coco"
-    coco: list[dict] | None = None  # this image's COCO annotations (format "coco")
+    annotation: Path | None  # label / LabPics PNG, YOLO .txt, labelme .json; None for COCO
+    format: str  # its reader: labpics | folder | voc (label PNGs), coco | yolo | labelme
+    coco: list[dict] | None = None  # this image's COCO annotations that are read
     width: int | None = None  # image size the COCO JSON claims
     height: int | None = None
+    ignore_index: int = -1  # label PNGs: this 8-bit value is no instance (-1: none)
+    crowd: list[dict] = field(default_factory=list)  # COCO crowd annotations left out
+    looked_in: tuple[Path, ...] = ()  # COCO: the folders searched for the image
 
 
 @dataclass
@@ -101,6 +114,30 @@ def _read_bytes(path: Path) -> np.ndarray:
     return data
 
 
+def _read_json(path: Path, what: str):
+    """Parsed JSON; DataError naming the file and, for bad JSON, the line and column."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        why = f"invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})"
+        raise DataError(f"{path}: not a readable {what}: {why}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a readable {what}: not UTF-8 text") from None
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Non-empty lines of a text file (list files, YOLO labels); undecodable bytes kept as
+    os.fsdecode keeps them, so a listed non-UTF-8 file name still finds its file."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Image file -> (H, W, 3) uint8 RGB exactly as cv2.imread reads it: EXIF orientation
     applied, gray / alpha / 16-bit converted. cv2 refuses cut-off files itself."""
@@ -129,11 +166,13 @@ def _colour_ids(bgr: np.ndarray) -> np.ndarray:
     return (ids.reshape(bgr.shape[:2]) + int(keys[0] != 0)).astype(np.int32)
 
 
-def read_label_map(path: str | Path, labpics: bool = False) -> np.ndarray:
+def read_label_map(path: str | Path, labpics: bool = False, ignore_index: int = -1) -> np.ndarray:
     """Label PNG -> (H, W) int32 instance ids, 0 = none; never EXIF-rotated.
 
     1-channel 8/16-bit: its values; palette PNG: its indices; 3/4-channel: each distinct colour
     one instance (black = none, alpha ignored), or with labpics=True the LabPics merge.
+    ignore_index (> 0): that value of an 8-bit or palette PNG becomes 0 (VOC's void border, 255);
+    a 16-bit PNG's values are all ids.
     """
     path = Path(path)
     data = _read_bytes(path)
@@ -141,17 +180,22 @@ def read_label_map(path: str | Path, labpics: bool = False) -> np.ndarray:
         # palette PNG (PASCAL VOC style): cv2 would expand it to colours, we want the indices
         try:
             with Image.open(path) as im:
-                return np.asarray(im, dtype=np.int32)
+                lab = np.asarray(im)
         except (OSError, ValueError) as e:
             raise DataError(f"{path}: not a readable label image ({e})") from e
-    ann = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # keeps depth and channels, ignores EXIF
-    if ann is None:
-        raise DataError(f"{path}: not a readable label image (corrupt or unsupported format)")
-    if ann.dtype.kind not in "ui":
-        raise DataError(f"{path}: label image must hold integers, got {ann.dtype}")
-    if ann.ndim == 3 and ann.shape[2] >= 3:
-        return labpics_merge(ann) if labpics else _colour_ids(ann[..., :3])
-    return (ann if ann.ndim == 2 else ann[..., 0]).astype(np.int32)
+    else:
+        lab = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # keeps depth and channels, ignores EXIF
+        if lab is None:
+            raise DataError(f"{path}: not a readable label image (corrupt or unsupported format)")
+        if lab.dtype.kind not in "ui":
+            raise DataError(f"{path}: label image must hold integers, got {lab.dtype}")
+        if lab.ndim == 3 and lab.shape[2] >= 3:
+            return labpics_merge(lab) if labpics else _colour_ids(lab[..., :3])
+        lab = lab if lab.ndim == 2 else lab[..., 0]
+    out = lab.astype(np.int32)
+    if ignore_index > 0 and lab.dtype == np.uint8:
+        out[lab == ignore_index] = 0
+    return out
 
 
 def _new_size(h: int, w: int, max_side: int) -> tuple[int, int]:
@@ -206,50 +250,192 @@ def sample_points(masks: torch.Tensor, generator: torch.Generator | None = None)
     return torch.stack([idx % w, idx // w], dim=1).float()
 
 
-# ----------------------------------------------------------------------------- COCO masks
+# ----------------------------------------------------------------------------- instance readers
+# Each yields an image's instance masks, (H, W) bool at the image's size, one at a time, and
+# appends to `skipped` why an annotation gave none. Label-PNG layouts are read as a label map.
 
 
-def _rle_short(counts: bytes | str, n: int) -> bool:
-    """pycocotools' decode() refuses runs past the mask's end but leaves the tail of a short
-    one uninitialised (random pixels): the runs cover n pixels only if n - 1 overflow."""
-    try:
-        mask_utils.decode({"size": [1, n - 1], "counts": counts})
-    except ValueError:
-        return False
-    return True
+def _rle_length(counts: list[int] | str | bytes) -> int:
+    """Pixels an RLE's runs cover (pycocotools' decode() leaves the tail of a short one
+    uninitialised, random pixels). A compressed string is read as pycocotools' rleFrString
+    reads it: 5 bits a character, 0x20 = more characters follow, 0x10 on the last = negative,
+    and from the third run on each stored as the difference to the run two before."""
+    if isinstance(counts, list):
+        return sum(counts)
+    s = counts.encode() if isinstance(counts, str) else counts
+    runs, p = [], 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more and p < len(s):
+            c = s[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more, p, k = bool(c & 0x20), p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        runs.append(x + (runs[-2] if len(runs) > 2 else 0))
+    return sum(runs)
+
+
+def _is_polygon(p) -> bool:
+    return isinstance(p, list) and len(p) % 2 == 0 and all(isinstance(v, int | float) for v in p)
 
 
 def coco_mask(ann: dict, h: int, w: int) -> np.ndarray:
     """One COCO annotation's segmentation (polygons, RLE compressed or not) -> (H, W) bool.
-    Raises (ValueError, or pycocotools' own errors) saying why there is no usable mask."""
+    Raises ValueError (or pycocotools' own errors) saying why there is no usable mask."""
     seg = ann.get("segmentation")
-    if isinstance(seg, list):  # polygons; under 3 points frPyObjects would read a box
-        seg = [p for p in seg if len(p) >= 6]
     if not seg:
         raise ValueError("no segmentation (bounding box only)")
     if isinstance(seg, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    else:
-        if list(seg.get("size", [])) != [h, w]:
-            raise ValueError(f"RLE size {seg.get('size')} != image size [{h}, {w}]")
-        rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg
-        if _rle_short(rle["counts"], h * w):
-            raise ValueError(f"RLE runs cover fewer than the image's {h}x{w} pixels")
-    return mask_utils.decode(rle).astype(bool)
+        if not all(map(_is_polygon, seg)):
+            raise ValueError("'segmentation' is a list but not of polygons [x0, y0, x1, y1, ...]")
+        polys = [p for p in seg if len(p) >= 6]  # under 3 points frPyObjects would read a box
+        if not polys:
+            raise ValueError("no polygon of 3 or more points")
+        return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, h, w))) > 0
+    if not isinstance(seg, dict):
+        raise ValueError(f"'segmentation' must be polygons or an RLE, got {type(seg).__name__}")
+    if seg.get("size") != [h, w]:
+        raise ValueError(f"RLE size {seg.get('size')} != image size [{h}, {w}]")
+    counts = seg.get("counts")
+    uncompressed = isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts)
+    if not (uncompressed or isinstance(counts, str | bytes)):
+        raise ValueError("RLE 'counts' must be a list of run lengths or a compressed string")
+    n = _rle_length(counts)
+    if n != h * w:
+        raise ValueError(f"RLE runs cover {n} pixels, not the image's {h}x{w} = {h * w}")
+    # uncompressed (CVAT and datumaro write those) -> compressed, which decode() takes
+    return mask_utils.decode(mask_utils.frPyObjects(seg, h, w) if uncompressed else seg) > 0
 
 
-def _coco_masks(record: Record, h: int, w: int) -> tuple[np.ndarray, list[str]]:
-    """(H, W, N) bool masks of a COCO image's instances (crowd regions mark many objects at
-    once: not instances), and why each annotation without a usable mask was skipped."""
-    masks, skipped = [], []
+def _coco_instances(record: Record, h: int, w: int, skipped: list[str]) -> Iterator[np.ndarray]:
+    """COCO: each annotation kept when the file was read (crowd regions only with --crowd)."""
     for a in record.coco or []:
-        if a.get("iscrowd", 0):
-            continue
         try:
-            masks.append(coco_mask(a, h, w))
+            m = coco_mask(a, h, w)
         except Exception as e:  # pycocotools raises bare Exception for unsupported input
             skipped.append(f"annotation id {a.get('id')}: {e}")
-    return (np.stack(masks, -1) if masks else np.zeros((h, w, 0), bool)), skipped
+            continue
+        yield m
+
+
+def _yolo_instances(record: Record, h: int, w: int, skipped: list[str]) -> Iterator[np.ndarray]:
+    """Ultralytics segment label: one instance per line, `class x1 y1 x2 y2 ...` normalized to
+    the image's width and height. No label file: no objects (Ultralytics: a background image)."""
+    if not record.annotation.is_file():
+        return
+    seen = set()
+    for n, line in enumerate(_read_lines(record.annotation), 1):
+        try:
+            v = tuple(float(x) for x in line.split())
+        except ValueError:
+            skipped.append(f"line {n}: not numbers")
+            continue
+        if len(v) == 5:
+            skipped.append(f"line {n}: a box (class x y w h), no polygon")
+        elif len(v) < 7 or len(v) % 2 == 0:
+            skipped.append(f"line {n}: {len(v)} numbers, not a class and 3 or more x y points")
+        elif min(v[1:]) < -0.01 or max(v[1:]) > 1.01:  # Ultralytics' own tolerance
+            skipped.append(f"line {n}: coordinates outside 0-1 (not normalized)")
+        elif v in seen:  # Ultralytics drops repeated lines too
+            skipped.append(f"line {n}: repeats an earlier line")
+        else:
+            seen.add(v)
+            poly = (np.array(v[1:]).reshape(-1, 2) * (w, h)).ravel().tolist()
+            yield mask_utils.decode(mask_utils.frPyObjects([poly], h, w))[..., 0] > 0
+
+
+def _draw_labelme(canvas: Image.Image, shape: dict) -> None:
+    """Draw one labelme shape onto an (H, W) "L" canvas as labelme's own shape_to_mask does."""
+    kind, pts = shape.get("shape_type") or "polygon", shape.get("points")
+    xy = [(float(x), float(y)) for x, y in pts]
+    need = {"rectangle": 2, "circle": 2, "mask": 2, "oriented_rectangle": 4}.get(kind, 3)
+    if len(xy) < need:
+        raise ValueError(f"{len(xy)} points, a {kind} needs {need}")
+    draw = ImageDraw.Draw(canvas)
+    if kind == "rectangle":
+        (x0, y0), (x1, y1) = xy
+        draw.rectangle((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)), fill=1, outline=1)
+    elif kind == "circle":
+        (cx, cy), (px, py) = xy
+        r = ((cx - px) ** 2 + (cy - py) ** 2) ** 0.5
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=1, outline=1)
+    elif kind == "mask":  # a base64 PNG of the box from points[0] to points[1]
+        with Image.open(io.BytesIO(base64.b64decode(shape["mask"]))) as im:
+            patch = np.asarray(im.convert("L")) > 0
+        canvas.paste(1, tuple(round(c) for c in xy[0]), Image.fromarray(patch))
+    else:
+        draw.polygon(xy, fill=1, outline=1)
+
+
+def _labelme_instances(record: Record, h: int, w: int, skipped: list[str]) -> Iterator[np.ndarray]:
+    """labelme: polygon, rectangle, circle and mask shapes are regions; shapes with the same
+    label and group_id are one instance (labelme's own converters group them so)."""
+    d = _read_json(record.annotation, "labelme JSON")
+    if not isinstance(d, dict) or not isinstance(d.get("shapes"), list):
+        raise DataError(f"{record.annotation}: not a labelme JSON (no 'shapes' list)")
+    if (d.get("imageHeight"), d.get("imageWidth")) not in ((None, None), (h, w)):
+        raise DataError(
+            f"{record.image} is {w}x{h} but {record.annotation} says "
+            f"{d.get('imageWidth')}x{d.get('imageHeight')}"
+        )
+    groups: dict = {}
+    for i, s in enumerate(d["shapes"]):
+        kind = s.get("shape_type") or "polygon" if isinstance(s, dict) else type(s).__name__
+        if kind not in LABELME_REGIONS:
+            skipped.append(f"shape {i} ({kind}): not a region")
+            continue
+        gid = s.get("group_id")
+        groups.setdefault(i if gid is None else (str(s.get("label")), gid), []).append((i, s))
+    for shapes in groups.values():
+        canvas, drawn = Image.new("L", (w, h), 0), 0
+        for i, s in shapes:
+            try:
+                _draw_labelme(canvas, s)
+                drawn += 1
+            except (ValueError, TypeError, KeyError, OSError) as e:
+                skipped.append(f"shape {i} ({s.get('shape_type')} '{s.get('label')}'): {e}")
+        if drawn:
+            yield np.asarray(canvas) > 0
+
+
+INSTANCE_READERS = {"coco": _coco_instances, "yolo": _yolo_instances, "labelme": _labelme_instances}
+
+
+def _label_map(record: Record, h: int, w: int) -> np.ndarray:
+    """(H, W) int32 ids of a label-PNG record (labpics, folder, voc); DataError on a size that
+    is not the image's."""
+    if record.annotation is None or not Path(record.annotation).is_file():
+        raise DataError(f"{record.image}: missing annotation {record.annotation}")
+    lab = read_label_map(record.annotation, record.format == "labpics", record.ignore_index)
+    if lab.shape != (h, w):
+        raise DataError(
+            f"size mismatch: image {record.image} is {w}x{h} but annotation "
+            f"{record.annotation} is {lab.shape[1]}x{lab.shape[0]}"
+        )
+    return lab
+
+
+def _crowd_note(records: list[Record]) -> str | None:
+    """What became of COCO crowd regions (iscrowd=1), for data.py's summary and train.py."""
+    left = [a for r in records for a in r.crowd]
+    used = sum(a.get("iscrowd") == 1 for r in records for a in r.coco or [])
+    if not left:
+        return f"{used} crowd (iscrowd=1) annotations used as instances" if used else None
+    # CVAT exports COCO through datumaro, which makes every mask shape a crowd region and
+    # writes each shape's 'occluded' flag into the annotation's attributes
+    cvat = any("occluded" in a["attributes"] for a in left if isinstance(a.get("attributes"), dict))
+    why = (
+        "this looks like a CVAT export (CVAT's 'occluded' attributes), and CVAT writes every "
+        "mask, brush and AI-tool shape as a crowd region"
+        if cvat
+        else "a crowd region covers many objects, but CVAT exports write mask shapes so too"
+    )
+    n_img = sum(bool(r.crowd) for r in records)
+    return (
+        f"{len(left)} crowd (iscrowd=1) annotations skipped in {n_img} images ({why}: "
+        "--crowd-instances makes them instances)"
+    )
 
 
 # ----------------------------------------------------------------------------- finding files
@@ -261,7 +447,22 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
-def _match_masks(image_dir: Path, mask_dir: Path, fmt: str) -> list[Record]:
+def _split_dirs(root: Path) -> list[Path]:
+    """root's subfolders named for a split (train/, val/, valid/, test/, ...)."""
+    if not root.is_dir():
+        return []
+    return [d for d in sorted(root.iterdir()) if d.name.lower() in SPLIT_WORDS and d.is_dir()]
+
+
+def _word(d: Path) -> str | None:
+    return SPLIT_WORDS.get(d.name.lower())
+
+
+def _rel(p: Path, root: Path) -> str:
+    return os.path.relpath(p, root if root.is_dir() else root.parent)
+
+
+def _match_masks(image_dir: Path, mask_dir: Path, fmt: str, ignore: int = -1) -> list[Record]:
     """Pair images with masks by stem; an image without one gets the expected .png path so the
     error later names the file that is missing."""
     masks = {}
@@ -269,7 +470,8 @@ def _match_masks(image_dir: Path, mask_dir: Path, fmt: str) -> list[Record]:
         if m.stem not in masks or m.suffix.lower() == ".png":
             masks[m.stem] = m
     return [
-        Record(p, masks.get(p.stem, mask_dir / f"{p.stem}.png"), fmt) for p in _images_in(image_dir)
+        Record(p, masks.get(p.stem, mask_dir / f"{p.stem}.png"), fmt, ignore_index=ignore)
+        for p in _images_in(image_dir)
     ]
 
 
@@ -278,7 +480,8 @@ def _held_out(records: list[Record], split: str) -> list[Record]:
     least one when there are two or more), so adding images barely reshuffles the split."""
     if split == "all":
         return list(records)
-    order = sorted(records, key=lambda r: hashlib.md5(r.image.name.encode()).hexdigest())
+    # fsencode: the name's bytes on disk, also for names that are not valid UTF-8
+    order = sorted(records, key=lambda r: hashlib.md5(os.fsencode(r.image.name)).hexdigest())
     n_test = max(1, round(len(records) * 0.2)) if len(records) >= 2 else 0
     test = {id(r) for r in order[:n_test]}
     return [r for r in records if (id(r) in test) == (split == "test")]
@@ -293,6 +496,12 @@ def _norm_split(split: str) -> str:
     raise ValueError(f"split must be 'train', 'test', 'val' or 'all', got {split!r}")
 
 
+Parts = list[tuple[str, str | None, Callable[[], list[Record]]]]  # (source, split, loader)
+
+
+# labpics -----------------------------------------------------------------------------------
+
+
 def _labpics_base(root: Path) -> Path | None:
     """LabPics root, or None. Also accepts the Simple/ folder itself."""
     if (root / "Simple").is_dir() or (root / "Complex").is_dir():
@@ -302,188 +511,485 @@ def _labpics_base(root: Path) -> Path | None:
     return None
 
 
-def _folder_splits(root: Path) -> list[str]:
-    return [
-        n for n in ("train", "test", "val") if all((root / n / d).is_dir() for d in IMAGES_MASKS)
+def _labpics_parts(root: Path, opts: Options) -> Parts:
+    base = _labpics_base(root)
+    subs = [
+        base / p / s for p in ("Simple", "Complex")[: 1 + opts.complex] for s in ("Train", "Test")
     ]
+    load = partial(_match_masks, fmt="labpics")
+    return [
+        (_rel(d / "Image", root), _word(d), partial(load, d / "Image", d / "Instance"))
+        for d in subs
+        if (d / "Image").is_dir()
+    ]
+
+
+# folder ------------------------------------------------------------------------------------
+
+
+def _folder_splits(root: Path) -> list[Path]:
+    return [d for d in _split_dirs(root) if all((d / s).is_dir() for s in IMAGES_MASKS)]
+
+
+def _folder_parts(root: Path, opts: Options) -> Parts:
+    load = partial(_match_masks, fmt="folder", ignore=opts.ignore_index)
+    subs = _folder_splits(root)
+    return [
+        (
+            _rel(d / "images", root),
+            _word(d) if subs else None,
+            partial(load, d / "images", d / "masks"),
+        )
+        for d in subs or [root]
+    ]
+
+
+# voc ---------------------------------------------------------------------------------------
+
+
+def _voc_records(root: Path, ignore: int, listfile: Path | None) -> list[Record]:
+    images = {p.stem: p for p in _images_in(root / "JPEGImages")}
+    if listfile is None:
+        stems = [p.stem for p in _images_in(root / "SegmentationObject")]
+    else:  # VOC's lists hold stems; ImageSets/Main's also a flag after each
+        stems = [line.split()[0] for line in _read_lines(listfile)]
+    return [
+        Record(
+            images.get(s, root / "JPEGImages" / f"{s}.jpg"),
+            root / "SegmentationObject" / f"{s}.png",
+            "voc",
+            ignore_index=ignore,
+        )
+        for s in stems
+    ]
+
+
+def _voc_parts(root: Path, opts: Options) -> Parts:
+    """ImageSets/Segmentation/{train,val}.txt when there (trainval.txt alone: one part), else
+    every SegmentationObject/ PNG."""
+    sets = {p.stem.lower(): p for p in sorted((root / "ImageSets" / "Segmentation").glob("*.txt"))}
+    names = [n for n in ("train", "val", "test") if n in sets] if "train" in sets else []
+    names = names or (["trainval"] if "trainval" in sets else [])
+    load = partial(_voc_records, root, opts.ignore_index)
+    if not names:
+        return [("SegmentationObject", None, partial(load, None))]
+    return [(_rel(sets[n], root), SPLIT_WORDS[n], partial(load, sets[n])) for n in names]
+
+
+# yolo --------------------------------------------------------------------------------------
+
+
+def _yolo_yaml(root: Path) -> Path | None:
+    """The Ultralytics data YAML: root itself, ROOT/data.yaml, or the one *.yaml naming train."""
+    if root.is_file():
+        return root if root.suffix.lower() in (".yaml", ".yml") else None
+    cands = sorted(root.glob("*.yaml")) + sorted(root.glob("*.yml"))
+    named = [y for y in cands if y.stem == "data"]
+    return next(iter(named), None) or next(
+        (y for y in cands if re.search(r"^train\s*:", y.read_text(errors="replace"), re.M)), None
+    )
+
+
+def _yolo_label(image: Path) -> Path:
+    """Ultralytics' rule: the last images/ folder of the path becomes labels/, the suffix .txt."""
+    parts = image.parts
+    i = max((k for k, p in enumerate(parts[:-1]) if p == "images"), default=None)
+    if i is None:
+        return image.with_suffix(".txt")
+    return Path(*parts[:i], "labels", *parts[i + 1 :]).with_suffix(".txt")
+
+
+def _yolo_records(paths: list[Path], origin: str) -> list[Record]:
+    """Images of data.yaml entries (a folder, searched recursively; a .txt list of images,
+    ./-relative to its own folder; or one image) with their label paths."""
+    images = []
+    for p in paths:
+        if p.is_dir():
+            images += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS)
+        elif p.suffix.lower() == ".txt" and p.is_file():
+            images += [p.parent / line for line in _read_lines(p)]
+        elif p.is_file():
+            images.append(p)
+        else:
+            raise DataError(f"{p}: no such folder or file (named in {origin})")
+    return [Record(q, _yolo_label(q), "yolo") for q in images]
+
+
+def _yolo_dirs(root: Path) -> list[Path]:
+    """Image folders without a data.yaml: images/{train,val}/ + labels/..., images/ + labels/,
+    or {train,valid,test}/images/ + .../labels/ (Roboflow)."""
+    if (root / "images").is_dir() and (root / "labels").is_dir():
+        return _split_dirs(root / "images") or [root / "images"]
+    return [d / "images" for d in _split_dirs(root) if (d / "labels").is_dir()]
+
+
+def _yolo_parts(root: Path, opts: Options) -> Parts:
+    y = _yolo_yaml(root)
+    if y is None:
+        dirs = _yolo_dirs(root)
+        return [
+            (_rel(d, root), _word(d) or _word(d.parent), partial(_yolo_records, [d], str(root)))
+            for d in dirs
+        ]
+    try:
+        cfg = yaml.safe_load(y.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DataError(f"{y}: not a readable data YAML ({e})") from None
+    if not isinstance(cfg, dict) or not cfg.get("train"):
+        raise DataError(f"{y}: no 'train' entry (an Ultralytics data YAML names train and val)")
+    # Ultralytics resolves a relative `path` under its own datasets folder: here, the YAML's
+    base = y.parent / str(cfg.get("path") or "")
+    base = base if base.is_dir() else y.parent
+    parts = []
+    for key in ("train", "val", "validation", "test"):
+        entries = cfg.get(key) or []
+        entries = [str(e) for e in (entries if isinstance(entries, list) else [entries])]
+        # Ultralytics drops a leading ../ that leads nowhere (Roboflow writes ../train/images)
+        paths = [
+            base / e[3:] if not (base / e).exists() and e.startswith("../") else base / e
+            for e in entries
+        ]
+        if paths:
+            src = f"{y.name} {key}: {', '.join(_rel(p, root) for p in paths)}"
+            parts.append((src, SPLIT_WORDS[key], partial(_yolo_records, paths, y.name)))
+    return parts
+
+
+# labelme -----------------------------------------------------------------------------------
+
+
+def _labelme_dirs(root: Path) -> list[Path]:
+    """root and its split folders where a labelme .json sits beside its image (x.jpg + x.json)."""
+
+    def pairs(d: Path) -> bool:
+        stems = {p.stem for p in d.glob("*.json")}
+        return bool(stems) and any(p.stem in stems for p in _images_in(d))
+
+    return [d for d in [root, *_split_dirs(root)] if pairs(d)]
+
+
+def _labelme_records(d: Path) -> list[Record]:
+    """One record per labelme .json: its image is the one of the same stem, else its
+    imagePath (Windows separators too)."""
+    images, out = {p.stem: p for p in _images_in(d)}, []
+    for js in sorted(d.glob("*.json")):
+        image = images.get(js.stem)
+        if image is None:
+            meta = _read_json(js, "labelme JSON")
+            if not isinstance(meta, dict) or not isinstance(meta.get("imagePath"), str):
+                warnings.warn(f"skipping {js}: no image {js.stem}.* beside it, no imagePath")
+                continue
+            image = d / PureWindowsPath(meta["imagePath"]).as_posix()
+        out.append(Record(image, js, "labelme"))
+    return out
+
+
+def _labelme_parts(root: Path, opts: Options) -> Parts:
+    dirs = _labelme_dirs(root)
+    return [
+        (_rel(d, root), _word(d) if d != root else None, partial(_labelme_records, d)) for d in dirs
+    ]
+
+
+# coco --------------------------------------------------------------------------------------
 
 
 def _coco_jsons(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
     found = sorted((root / "annotations").glob("*.json")) or sorted(root.glob("*.json"))
+    # Roboflow: ROOT/{train,valid,test}/_annotations.coco.json, the images beside each
+    found = found or [p for d in _split_dirs(root) for p in sorted(d.glob("*.json"))]
     # annotations/ often also holds captions / keypoints files: prefer the instances ones
     inst = [p for p in found if "instances" in p.name.lower()]
     return inst or found
 
 
 def _coco_split(js: Path) -> str | None:
-    """'train' / 'test' from the split words in a COCO file's name; None if none or both."""
+    """'train' / 'val' / 'test' from the split words in a COCO file's name (None if none or
+    several), else from its folder's name (Roboflow's train/, valid/, test/)."""
     tags = {SPLIT_WORDS[w] for w in re.findall(r"[a-z]+", js.stem.lower()) if w in SPLIT_WORDS}
-    return tags.pop() if len(tags) == 1 else None
-
-
-def detect_format(root: str | Path) -> str:
-    """'labpics' | 'folder' | 'coco' from what root points at; DataError if none fits."""
-    root = Path(root)
-    if not root.exists():
-        raise DataError(f"{root}: no such file or folder\n{LAYOUTS}")
-    if root.is_file():
-        if root.suffix.lower() == ".json":
-            return "coco"
-        raise DataError(f"{root}: is a file but not a COCO .json\n{LAYOUTS}")
-    if _labpics_base(root) is not None:
-        return "labpics"
-    if all((root / d).is_dir() for d in IMAGES_MASKS) or _folder_splits(root):
-        return "folder"
-    if _coco_jsons(root):
-        return "coco"
-    raise DataError(f"{root}: no known dataset layout found\n{LAYOUTS}")
+    return tags.pop() if len(tags) == 1 else None if tags else _word(js.parent)
 
 
 def _coco_image_dirs(js: Path) -> list[Path]:
+    """Where a COCO file's images may be: beside it, in images/ or images/<subset>/ (datumaro
+    and CVAT: annotations/instances_<subset>.json), the same beside its folder, and for
+    annotations/instances_val2017.json also ROOT/val2017/."""
     d, p = js.parent, js.parent.parent
-    dirs = [d, d / "images", p, p / "images"]
-    if d.name == "annotations":  # standard COCO: annotations/instances_val2017.json, val2017/
+    subset = js.stem.split("_", 1)[-1]
+    dirs = [d, d / "images", d / "images" / subset, p, p / "images", p / "images" / subset]
+    if d.name == "annotations":
         dirs += sorted(c for c in p.iterdir() if c.is_dir() and c.name in js.stem)
-    return dirs
+    return list(dict.fromkeys(dirs))
 
 
-def _coco_records(js: Path) -> list[Record]:
-    """A COCO instances JSON -> one Record per image; DataError naming the file if it is not
-    one (invalid JSON, no `images` list, entries without id / file_name)."""
-    try:
-        with open(js, encoding="utf-8") as f:
-            d = json.load(f)
-        per_image: dict = {im["id"]: [] for im in d["images"]}
-        for a in d.get("annotations", []):
-            if a.get("image_id") in per_image:
-                per_image[a["image_id"]].append(a)
-        dirs = _coco_image_dirs(js)
-        out = []
-        for im in d["images"]:
-            cands = [dd / im["file_name"] for dd in dirs]
-            path = next((c for c in cands if c.is_file()), cands[0])
-            w, h = int(im.get("width", 0)) or None, int(im.get("height", 0)) or None
-            out.append(Record(path, None, "coco", per_image[im["id"]], w, h))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise DataError(f"{js}: not a readable COCO instances JSON ({e!r})") from e
+def _size(v) -> int | None:
+    """A COCO image's width or height: None when unknown (absent, or 0 as datumaro writes it),
+    else a whole number; ValueError otherwise."""
+    if v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v == 0):
+        return None
+    if not (isinstance(v, int | float) and not isinstance(v, bool) and v > 0 and v == int(v)):
+        raise ValueError(f"must be a positive integer, got {v!r:.40}")
+    return int(v)
+
+
+def _coco_records(js: Path, crowd: bool) -> list[Record]:
+    """A COCO instances JSON -> one Record per image. DataError naming the file, the entry and
+    what was expected when it is not one; crowd regions are left out (counted) unless crowd."""
+    d = _read_json(js, "COCO instances JSON")
+
+    def bad(why: str) -> DataError:
+        return DataError(f"{js}: not a readable COCO instances JSON: {why}")
+
+    if not isinstance(d, dict):
+        hint = " (a Label Studio JSON export? export COCO from it)" if isinstance(d, list) else ""
+        raise bad(f"it holds a JSON {type(d).__name__}, not an object with 'images'{hint}")
+    if "shapes" in d:
+        raise bad("it is a labelme file: put each labelme .json beside its image")
+    images, anns = d.get("images"), d.get("annotations", [])
+    if not isinstance(images, list) or not isinstance(anns, list):
+        raise bad("it needs an 'images' list and an 'annotations' list")
+    per_image: dict = {}
+    for i, im in enumerate(images):
+        if not isinstance(im, dict) or not isinstance(im.get("id"), int | str):
+            raise bad(f"images[{i}] needs an 'id' (a number or string), got {im!r:.80}")
+        if not isinstance(im.get("file_name"), str):
+            got = im.get("file_name")
+            raise bad(f"image id {im['id']}: 'file_name' must be a string, got {got!r:.80}")
+        size = []
+        for k in ("width", "height"):
+            try:
+                size.append(_size(im.get(k)))
+            except ValueError as e:
+                raise bad(f"image id {im['id']}: '{k}' {e}") from None
+        if im["id"] in per_image:
+            raise bad(f"image id {im['id']} appears twice in 'images'")
+        per_image[im["id"]] = ([], [], *size)  # annotations read, crowd left out, width, height
+    orphans = []
+    for j, a in enumerate(anns):
+        if not isinstance(a, dict):
+            raise bad(f"annotations[{j}] must be an object, got {a!r:.80}")
+        iid = a.get("image_id")
+        if not isinstance(iid, int | str) or iid not in per_image:
+            orphans.append(f"annotation id {a.get('id')} (image_id {iid!r:.40})")
+            continue
+        per_image[iid][a.get("iscrowd") == 1 and not crowd].append(a)
+    if orphans:
+        warnings.warn(
+            f"{js}: skipped {len(orphans)} annotations whose image_id is in no 'images' entry: "
+            + ", ".join(orphans[:5])
+            + (", ..." if orphans[5:] else ""),
+            stacklevel=2,
+        )
+    dirs, out = _coco_image_dirs(js), []
+    for im in images:
+        cands = [dd / im["file_name"] for dd in dirs]
+        path = next((c for c in cands if c.is_file()), None)
+        keep, left, w, h = per_image[im["id"]]
+        where = () if path else tuple(dirs)
+        out.append(Record(path or cands[0], None, "coco", keep, w, h, crowd=left, looked_in=where))
     return out
 
 
-Parts = list[tuple[str, str | None, Callable[[], list[Record]]]]
+def _coco_parts(root: Path, opts: Options) -> Parts:
+    return [
+        (_rel(j, root), _coco_split(j), partial(_coco_records, j, opts.crowd))
+        for j in _coco_jsons(root)
+    ]
 
 
-def _parts(root: Path, fmt: str, complex: bool) -> Parts:
-    """Where a dataset's records come from: (source, split, loader). A source is its split
-    ('train' / 'test') when the other split has a source too; otherwise its split is None and
-    its images are held out 80/20 by name hash. Loaders run only when their records are needed."""
-    if fmt == "coco":
-        jsons = _coco_jsons(root)
-        parts = [(j.name, _coco_split(j), partial(_coco_records, j)) for j in jsons]
+# the table -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A dataset layout: what it looks like (help), whether a folder is one, and its parts."""
+
+    name: str
+    looks: str  # one line: what it looks like and who writes it
+    detect: Callable[[Path], bool]  # a folder (a file's layout comes from its suffix)
+    parts: Callable[[Path, Options], Parts]
+
+
+LAYOUTS = [  # tried in this order
+    Layout(
+        "labpics",
+        "ROOT/Simple/Train/Image/x.jpg + ROOT/Simple/Train/Instance/x.png (Test/ likewise)",
+        lambda r: _labpics_base(r) is not None,
+        _labpics_parts,
+    ),
+    Layout(
+        "voc",
+        "ROOT/JPEGImages/x.jpg + ROOT/SegmentationObject/x.png (Pascal VOC, labelme2voc)",
+        lambda r: (r / "JPEGImages").is_dir() and (r / "SegmentationObject").is_dir(),
+        _voc_parts,
+    ),
+    Layout(
+        "folder",
+        "ROOT/images/x.jpg + ROOT/masks/x.png, or ROOT/train/{images,masks} + ROOT/test/...",
+        lambda r: all((r / d).is_dir() for d in IMAGES_MASKS) or bool(_folder_splits(r)),
+        _folder_parts,
+    ),
+    Layout(
+        "yolo",
+        "ROOT/data.yaml + ROOT/images/train/x.jpg + ROOT/labels/train/x.txt (Ultralytics, "
+        "Roboflow YOLOv8), or a path to the .yaml",
+        lambda r: _yolo_yaml(r) is not None or bool(_yolo_dirs(r)),
+        _yolo_parts,
+    ),
+    Layout(
+        "labelme",
+        "ROOT/x.jpg + ROOT/x.json (labelme), or ROOT/train/... + ROOT/val/...",
+        lambda r: bool(_labelme_dirs(r)),
+        _labelme_parts,
+    ),
+    Layout(
+        "coco",
+        "ROOT/annotations/instances_train.json + ROOT/images/x.jpg (CVAT: images/default/), "
+        "ROOT/train/_annotations.coco.json (Roboflow), or a path to the .json",
+        lambda r: bool(_coco_jsons(r)),
+        _coco_parts,
+    ),
+]
+# recognised, not read: (glob under the path given, or its name, -> what it is, what to do)
+HINTS = [
+    ("*.xml", "CVAT's XML: export the task as 'COCO 1.0' instead, with --crowd-instances"),
+    ("VOC20*/SegmentationObject", "a VOCdevkit folder: give the VOC20xx folder inside it"),
+    ("Annotations/*.xml", "Pascal VOC boxes without SegmentationObject/: SAM 2 needs masks"),
+    ("*.zip", "a folder of archives: unzip the export first"),
+    ("images", "an images/ folder without masks/ (label PNGs) or labels/ (YOLO) beside it"),
+]
+
+
+def _layouts_help() -> str:
+    return "layouts looked for:\n" + "\n".join(f"  {x.name + ':':8} {x.looks}" for x in LAYOUTS)
+
+
+def detect_format(root: str | Path) -> str:
+    """The name of root's layout ('labpics', 'voc', 'folder', 'yolo', 'labelme', 'coco');
+    DataError saying what it looks like, or which layouts were looked for, if none fits."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder\n{_layouts_help()}")
+    if root.is_file():
+        kind = {".json": "coco", ".yaml": "yolo", ".yml": "yolo"}.get(root.suffix.lower())
+        if kind:
+            return kind
     else:
-        if fmt == "labpics":
-            base, (im, ann) = _labpics_base(root), ("Image", "Instance")
-            subs = [
-                base / p / s
-                for p in ("Simple", "Complex")[: 1 + complex]
-                for s in ("Train", "Test")
-            ]
-        else:
-            im, ann = IMAGES_MASKS
-            subs = [root / n for n in _folder_splits(root)] or [root]
-        parts = [
-            (
-                os.path.relpath(d / im, root),
-                SPLIT_WORDS.get(d.name.lower()),
-                partial(_match_masks, d / im, d / ann, fmt),
-            )
-            for d in subs
-            if (d / im).is_dir()
-        ]
-    if not {"train", "test"} <= {t for _, t, _ in parts}:
-        parts = [(s, None, load) for s, _, load in parts]
-    return parts
+        for layout in LAYOUTS:
+            if layout.detect(root):
+                return layout.name
+    hint = next(
+        (h for pat, h in HINTS if root.match(pat) or (root.is_dir() and any(root.glob(pat)))),
+        None,
+    )
+    what = f"looks like {hint}" if hint else "no known dataset layout found"
+    raise DataError(f"{root}: {what}\n{_layouts_help()}")
+
+
+def _parts(root: Path, fmt: str, opts: Options) -> Parts:
+    """Where a dataset's records come from: (source, split, loader). With a train part and a
+    val (else test) part those are 'train' and 'test', a test part beside a val part is
+    'unused'; otherwise split is None and the images are held out 80/20 by name hash. Loaders
+    run only when their records are needed."""
+    parts = next(x for x in LAYOUTS if x.name == fmt).parts(root, opts)
+    words = {w for _, w, _ in parts}
+    if "train" in words and words & {"val", "test"}:
+        split = {"train": "train", "val" if "val" in words else "test": "test", None: None}
+        return [(s, split.get(w, "unused"), load) for s, w, load in parts]
+    return [(s, None, load) for s, _, load in parts]
 
 
 def _pick(parts: Parts, split: str) -> list[Record]:
     """The records of one split ('train', 'test'/'val' or 'all') from _parts."""
     split = _norm_split(split)
-    fixed = [r for _, t, load in parts if t is not None and split in (t, "all") for r in load()]
+    fixed = [
+        r for _, t, load in parts if t in ("train", "test") and split in (t, "all") for r in load()
+    ]
     pool = [r for _, t, load in parts if t is None for r in load()]
     return fixed + _held_out(pool, split)
 
 
-def find_records(root: str | Path, split: str = "train", complex: bool = False) -> list[Record]:
-    """All (image, annotation) records of one split ('train', 'test'/'val', or 'all')."""
-    root = Path(root)
+def _annotated(r: Record) -> bool:
+    return r.format == "coco" or (r.annotation is not None and Path(r.annotation).is_file())
+
+
+def _find(root: Path, split: str, opts: Options) -> list[Record]:
     fmt = detect_format(root)
-    recs = _pick(_parts(root, fmt, complex), split)
-    if not any(r.format == "coco" or r.annotation.is_file() for r in recs):
+    recs = _pick(_parts(root, fmt, opts), split)
+    if not any(map(_annotated, recs)):
         raise DataError(
             f"{root}: found the {fmt} layout but no image-annotation pairs for split "
-            f"'{split}' ({len(recs)} images without annotations)\n{LAYOUTS}"
+            f"'{split}' ({len(recs)} images without annotations)\n{_layouts_help()}"
         )
     return recs
+
+
+def find_records(
+    root: str | Path,
+    split: str = "train",
+    complex: bool = False,
+    crowd: bool = False,
+    ignore_index: int = 255,
+) -> list[Record]:
+    """All (image, annotation) records of one split ('train', 'test'/'val', or 'all').
+    crowd: COCO crowd regions are instances too; ignore_index: the label-PNG value that is no
+    instance (-1: none)."""
+    return _find(Path(root), split, Options(complex, crowd, ignore_index))
 
 
 # ----------------------------------------------------------------------------- samples
 
 
-def _load(record: Record) -> tuple[np.ndarray, np.ndarray]:
-    """Image (H, W, 3) uint8 and instances at file size: a (H, W) int32 label map (labpics,
-    folder) or (H, W, N) bool masks (coco, where instances may overlap). DataError names files;
-    COCO annotations without a usable mask are skipped with a warning."""
-    image = read_rgb(record.image)
-    h, w = image.shape[:2]
-    if record.format == "coco":
-        if (record.width, record.height) not in ((None, None), (w, h)):
-            raise DataError(
-                f"{record.image}: image is {w}x{h} but its COCO entry says "
-                f"{record.width}x{record.height}"
-            )
-        masks, skipped = _coco_masks(record, h, w)
-        if skipped:
-            warnings.warn(f"{record.image}: skipped " + "; ".join(skipped), stacklevel=3)
-        return image, masks
-    if record.annotation is None or not Path(record.annotation).is_file():
-        raise DataError(f"{record.image}: missing annotation {record.annotation}")
-    lab = read_label_map(record.annotation, labpics=record.format == "labpics")
-    if lab.shape != (h, w):
-        raise DataError(
-            f"size mismatch: image {record.image} is {w}x{h} but annotation "
-            f"{record.annotation} is {lab.shape[1]}x{lab.shape[0]}"
-        )
-    return image, lab
+def _instance_masks(record: Record, hw: tuple[int, int], out: tuple[int, int], min_area: int):
+    """Instance masks (N, *out) bool of an image of size hw, each resized to out as soon as it
+    is decoded (memory follows the output, not H x W x N), those under min_area pixels dropped;
+    and why annotations were skipped."""
+    if record.format not in INSTANCE_READERS:
+        # the label map is resized before it is split: N full-size masks are never made
+        lab = resize_nearest(_label_map(record, *hw), out)
+        ids, areas = np.unique(lab, return_counts=True)
+        return lab[None] == ids[(ids != 0) & (areas >= min_area), None, None], []
+    skipped: list[str] = []
+    masks = [resize_nearest(m, out) for m in INSTANCE_READERS[record.format](record, *hw, skipped)]
+    masks = [m for m in masks if m.sum() >= min_area]
+    return (np.stack(masks) if masks else np.zeros((0, *out), bool)), skipped
 
 
 def read_sample(record: Record, max_side: int = 1024, min_area: int = 16, seed: int = 0) -> Sample:
     """Decode, resize (longer side -> max_side), drop instances < min_area px, pick one click
-    per instance. Sample: image (H, W, 3) uint8, masks (N, H, W) bool, points (N, 2) float32."""
-    image, inst = _load(record)
-    inst = resize_nearest(inst, _new_size(*image.shape[:2], max_side))
+    per instance. Sample: image (H, W, 3) uint8, masks (N, H, W) bool, points (N, 2) float32.
+    DataError names a bad file; annotations without a usable mask are skipped with a warning."""
+    image = read_rgb(record.image)
+    hw = image.shape[:2]
+    if record.format == "coco" and (record.width, record.height) not in ((None, None), hw[::-1]):
+        raise DataError(
+            f"{record.image}: image is {hw[1]}x{hw[0]} but its COCO entry says "
+            f"{record.width}x{record.height}"
+        )
+    masks, skipped = _instance_masks(record, hw, _new_size(*hw, max_side), max(min_area, 1))
+    if skipped:
+        warnings.warn(f"{record.image}: skipped " + "; ".join(skipped), stacklevel=2)
     image = resize_longest(image, max_side)
-    min_area = max(min_area, 1)
-    if inst.ndim == 2:
-        # the label map is resized before it is split: a big photo with many instances would
-        # otherwise need N full-size masks
-        ids, areas = np.unique(inst, return_counts=True)
-        ids = ids[(ids != 0) & (areas >= min_area)]
-        masks = inst[None] == ids[:, None, None]
-    else:
-        masks = np.ascontiguousarray(inst.transpose(2, 0, 1))
-        masks = masks[masks.sum((1, 2)) >= min_area]
     points = sample_points(torch.from_numpy(masks), torch.Generator().manual_seed(int(seed)))
     return Sample(image, masks, points.numpy(), str(record.image))
 
 
 class SegDataset(torch.utils.data.Dataset):
-    """Records -> Samples; a bad file gives None (and a warning) instead of killing training."""
+    """Records -> Samples; a bad file gives None (and a warning) instead of killing training.
+    notes: lines worth printing when a run starts (crowd regions skipped, ...)."""
 
     def __init__(
-        self, records: list[Record], max_side: int = 1024, min_area: int = 16, seed: int = 0
+        self,
+        records: list[Record],
+        max_side: int = 1024,
+        min_area: int = 16,
+        seed: int = 0,
+        notes: list[str] | None = None,
     ):
         self.records, self.max_side, self.min_area, self.seed = records, max_side, min_area, seed
+        self.notes = notes or []
 
     def __len__(self) -> int:
         return len(self.records)
@@ -510,13 +1016,17 @@ def _image_size(path: Path, oriented: bool = True) -> tuple[int, int]:
 
 def check_record(record: Record) -> str | None:
     """Cheap up-front check (headers and file ends only): None if fine, else why not."""
-    paths = [record.image] + ([record.annotation] if record.format != "coco" else [])
-    for p in paths:
+    ann = record.annotation
+    # COCO has no annotation file; a YOLO image without a label file has no objects
+    skip_ann = record.format == "coco" or (record.format == "yolo" and not Path(ann).is_file())
+    for p in [record.image] + ([] if skip_ann else [ann]):
         if p is None:
             return f"{record.image}: missing annotation"
         if not Path(p).is_file():
-            what = "image" if p == record.image else "annotation"
-            return f"{p}: missing {what}" + ("" if what == "image" else f" for {record.image}")
+            if p != record.image:
+                return f"{p}: missing annotation for {record.image}"
+            where = ", ".join(map(str, record.looked_in))
+            return f"{p}: missing image" + (f" (looked in {where})" if where else "")
         try:
             with open(p, "rb") as f:
                 head, size = f.read(8), f.seek(0, 2)
@@ -535,22 +1045,19 @@ def check_record(record: Record) -> str | None:
         w, h = _image_size(record.image)
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's zoo for broken headers
         return f"{record.image}: unreadable image header ({type(e).__name__})"
-    if record.format == "coco":
-        if (record.width, record.height) not in ((None, None), (w, h)):
-            return (
-                f"{record.image}: image is {w}x{h} but its COCO entry says "
-                f"{record.width}x{record.height}"
-            )
-        return None
-    try:
-        aw, ah = _image_size(record.annotation, oriented=False)
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        return f"{record.annotation}: unreadable annotation header ({type(e).__name__})"
-    if (aw, ah) != (w, h):
+    if record.format == "coco" and (record.width, record.height) not in ((None, None), (w, h)):
         return (
-            f"size mismatch: image {record.image} is {w}x{h} but annotation "
-            f"{record.annotation} is {aw}x{ah}"
+            f"{record.image}: image is {w}x{h} but its COCO entry says "
+            f"{record.width}x{record.height}"
         )
+    if record.format in INSTANCE_READERS:
+        return None  # YOLO is normalized; labelme's own size is checked when it is read
+    try:
+        aw, ah = _image_size(ann, oriented=False)
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        return f"{ann}: unreadable annotation header ({type(e).__name__})"
+    if (aw, ah) != (w, h):
+        return f"size mismatch: image {record.image} is {w}x{h} but annotation {ann} is {aw}x{ah}"
     return None
 
 
@@ -561,10 +1068,13 @@ def load_split(
     min_area: int = 16,
     seed: int = 0,
     complex: bool = False,
+    crowd: bool = False,
+    ignore_index: int = 255,
 ) -> SegDataset:
     """find_records + check_record on each; bad pairs skipped with a warning each, DataError if
-    more than half are bad (probably the wrong folder, not a few broken files)."""
-    records = find_records(root, split, complex)
+    more than half are bad (probably the wrong folder, not a few broken files). The dataset's
+    notes say what became of COCO crowd regions."""
+    records = find_records(root, split, complex, crowd, ignore_index)
     good, bad = [], []
     for r in records:
         why = check_record(r)
@@ -577,7 +1087,8 @@ def load_split(
         raise DataError(
             f"{root}: {len(bad)} of {len(records)} '{split}' images are bad, e.g. {bad[0]}"
         )
-    return SegDataset(good, max_side, min_area, seed)
+    note = _crowd_note(records)
+    return SegDataset(good, max_side, min_area, seed, [f"{split}: {note}"] if note else [])
 
 
 # ----------------------------------------------------------------------------- demo data
@@ -674,37 +1185,49 @@ def make_demo(root: str | Path, n_train: int = 16, n_test: int = 6, seed: int = 
 
 
 def _count_instances(record: Record) -> tuple[int, list[str]]:
-    """Instances in an image's annotation (before min_area) and the COCO annotations skipped;
-    DataError if a file is bad."""
+    """Instances in an image's annotation (before min_area) and why annotations were skipped;
+    DataError if a file is bad. Masks are decoded one at a time and dropped."""
     why = check_record(record)
     if why is not None:
         raise DataError(why)
-    if record.format == "coco":
-        w, h = _image_size(record.image)
-        masks, skipped = _coco_masks(record, h, w)
-        return masks.shape[-1], skipped
-    ids = np.unique(read_label_map(record.annotation, labpics=record.format == "labpics"))
-    return int((ids != 0).sum()), []
+    w, h = _image_size(record.image)
+    if record.format in INSTANCE_READERS:
+        skipped: list[str] = []
+        return sum(1 for _ in INSTANCE_READERS[record.format](record, h, w, skipped)), skipped
+    return int((np.unique(_label_map(record, h, w)) != 0).sum()), []
 
 
-def summarize(root: str | Path, complex: bool = False) -> str:
-    """Human-readable report: format, which source is which split, images and instances per
-    split, skipped files and annotations, images without instances. DataError if unreadable."""
-    root = Path(root)
+def _some(items: list[str], k: int = 10) -> str:
+    return ", ".join(items[:k]) + (f", ... ({len(items) - k} more)" if items[k:] else "")
+
+
+SPLIT_TEXT = {
+    None: "80% train / 20% test by name hash",
+    "unused": "not used (the val part is the validation split)",
+}
+
+
+def _summary(root: Path, opts: Options) -> tuple[str, int]:
+    """summarize()'s text and the number of usable training images (read, with instances)."""
     fmt = detect_format(root)
-    parts = _parts(root, fmt, complex)
+    parts = _parts(root, fmt, opts)
     lines = [f"data:    {root} ({fmt} layout)"]
-    lines += [f"source:  {s} -> {t or '80% train / 20% test by name hash'}" for s, t, _ in parts]
-    bad_files, bad_anns, empty = [], [], []
+    lines += [f"source:  {s} -> {SPLIT_TEXT.get(t, t)}" for s, t, _ in parts]
+    bad_files, bad_anns, crowd, empty, records, usable = [], [], [], [], [], 0
     for split in ("train", "test"):
         counts = []
         for r in _pick(parts, split):
+            records.append(r)
+            if r.crowd:
+                ids = [str(a.get("id")) for a in r.crowd]
+                crowd.append(f"  {r.image}: crowd (iscrowd=1) annotation ids {_some(ids)}")
             try:
                 n, notes = _count_instances(r)
             except DataError as e:
                 bad_files.append(f"  {e}")
                 continue
             counts.append(n)
+            usable += split == "train" and n > 0
             bad_anns += [f"  {r.image}: {note}" for note in notes]
             empty += [] if n else [r.image.name]
         c = np.array(counts or [0])
@@ -715,20 +1238,48 @@ def summarize(root: str | Path, complex: bool = False) -> str:
             else f"{split + ':':8} no images"
         )
     if empty:
-        names = ", ".join(empty[:10]) + (f", ... ({len(empty) - 10} more)" if empty[10:] else "")
-        lines.append(f"{len(empty)} images without instances (not trained on): {names}")
+        lines.append(f"{len(empty)} images without instances (not trained on): {_some(empty)}")
+    note = _crowd_note(records)
+    if note:
+        lines.append(f"crowd:   {note}")
     lines.append(f"skipped: {len(bad_files)} files, {len(bad_anns)} annotations")
-    return "\n".join(lines + bad_files + bad_anns)
+    return "\n".join(lines + bad_files + bad_anns + crowd), usable
+
+
+def summarize(
+    root: str | Path, complex: bool = False, crowd: bool = False, ignore_index: int = 255
+) -> str:
+    """Human-readable report: layout, which source is which split, images and instances per
+    split, skipped files and annotations (each named), crowd regions, images without
+    instances. DataError if unreadable."""
+    return _summary(Path(root), Options(complex, crowd, ignore_index))[0]
+
+
+def _printable(text: str) -> str:
+    """File names that are not valid UTF-8 (kept as os.fsdecode keeps them) as \\xNN escapes:
+    print() would otherwise fail on them."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Inspect a dataset, or write the demo dataset.")
-    p.add_argument("data", nargs="?", help="dataset path (LabPics root, folder or COCO json)")
+    p.add_argument("data", nargs="?", help="dataset path (a folder, a COCO .json, a data.yaml)")
     p.add_argument("--make-demo", metavar="DIR", help="write the synthetic demo dataset to DIR")
     p.add_argument("--n-train", type=int, default=16)
     p.add_argument("--n-test", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--complex", action="store_true", help="LabPics: also use Complex/")
+    p.add_argument(
+        "--crowd-instances",
+        action="store_true",
+        help="COCO: crowd regions (iscrowd=1) are instances too (CVAT's mask shapes are crowd)",
+    )
+    p.add_argument(
+        "--ignore-index",
+        type=int,
+        default=255,
+        help="value of 8-bit / palette label PNGs that is no instance (VOC's void); -1: none",
+    )
     args = p.parse_args(argv)
     if not args.data and not args.make_demo:
         p.print_usage(sys.stderr)
@@ -739,8 +1290,15 @@ def main(argv: list[str] | None = None) -> int:
             out = make_demo(args.make_demo, args.n_train, args.n_test, args.seed)
             print(f"wrote demo dataset to {out}")
         if args.data:
-            print(summarize(args.data, args.complex))
-    except DataError as e:
+            opts = Options(args.complex, args.crowd_instances, args.ignore_index)
+            text, usable = _summary(Path(args.data), opts)
+            print(_printable(text))
+            if not usable:
+                raise DataError(
+                    f"{args.data}: no usable training image (each one is unreadable or has no "
+                    "instance, see above)"
+                )
+    except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

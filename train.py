@@ -94,6 +94,8 @@ class Config:
     max_side: int = 1024
     min_area: int = 16
     complex: bool = False
+    crowd_instances: bool = False
+    ignore_index: int = 255
     workers: int = 2
     cache: str = "auto"
     encode_batch: int = 8
@@ -134,9 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(**{f.name: f.default for f in dataclasses.fields(Config)})
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="LabPics V1 root, images/+masks/ folders or a COCO json")
+    g.add_argument("--data", help="dataset folder or file (`python data.py PATH` shows its layout)")
     g.add_argument("--demo", action="store_true", help="make demo_data/ if absent; short tiny run")
     g.add_argument("--complex", action="store_true", help="LabPics: add the Complex/ part")
+    g.add_argument(
+        "--crowd-instances", action="store_true", help="COCO: crowd regions are instances (CVAT)"
+    )
+    g.add_argument("--ignore-index", type=int, help="label PNG value that is no instance; -1: none")
     g = p.add_argument_group("recipe")
     g.add_argument(
         "--recipe",
@@ -460,9 +466,10 @@ def share_images(cache: FeatureCache, world: int, rank: int) -> None:
 def open_data(cfg: Config):
     """The train split and the validation split (empty, with a warning, if there is none)."""
     args = (cfg.max_side, cfg.min_area, cfg.seed, cfg.complex)
-    train_set = data.load_split(cfg.data, "train", *args)
+    kw = dict(crowd=cfg.crowd_instances, ignore_index=cfg.ignore_index)
+    train_set = data.load_split(cfg.data, "train", *args, **kw)
     try:
-        val_set = data.load_split(cfg.data, "test", *args)
+        val_set = data.load_split(cfg.data, "test", *args, **kw)
     except data.DataError as e:
         warnings.warn(f"no validation images ({e}): val IoU will not be measured")
         val_set = data.SegDataset([])
@@ -841,6 +848,8 @@ def train(cfg: Config) -> dict:
     if cfg.demo and cfg.checkpoint is None:
         cfg.checkpoint = demo_checkpoint(cfg)
     train_set, val_set = open_data(cfg)  # before --out exists: a bad dataset leaves nothing
+    for note in train_set.notes + val_set.notes if rank == 0 else []:
+        print(note, file=sys.stderr)  # e.g. "train: 18 crowd (iscrowd=1) annotations skipped ..."
     fresh = not ctx.out.exists()
     lock = claim_out(ctx.out, cfg.resume) if rank == 0 else None
     try:

@@ -4,8 +4,10 @@ python -m pytest -q tests/test_data.py
 """
 
 import json
+import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import cv2
@@ -280,8 +282,9 @@ def test_coco_unusable_annotations_skipped_and_named(tmp_path):
     rec = data.find_records(js, "all")[0]
     pat = (
         r"a\.png: skipped annotation id 7: no segmentation \(bounding box only\); "
-        r"annotation id 8: RLE runs cover fewer.*; annotation id 9: RLE runs cover fewer.*; "
-        r"annotation id 10: Invalid RLE"
+        r"annotation id 8: RLE runs cover 15 pixels, not the image.s 6x8 = 48; "
+        r"annotation id 9: RLE runs cover 42 pixels.*; "
+        r"annotation id 10: RLE runs cover 105 pixels"
     )
     with pytest.warns(UserWarning, match=pat):
         s = data.read_sample(rec, max_side=8, min_area=1)
@@ -289,7 +292,7 @@ def test_coco_unusable_annotations_skipped_and_named(tmp_path):
     text = data.summarize(js)
     assert "min 1 / mean 1.0 / max 1" in text and "skipped: 0 files, 4 annotations" in text
     assert "a.png: annotation id 7: no segmentation (bounding box only)" in text
-    assert "a.png: annotation id 9: RLE runs cover fewer than the image's 6x8 pixels" in text
+    assert "a.png: annotation id 9: RLE runs cover 42 pixels, not the image's 6x8 = 48" in text
 
 
 def test_coco_trainval_file_is_one_split(tmp_path):
@@ -650,3 +653,491 @@ def test_summary_lists_images_without_instances(tmp_path):
     text = data.summarize(tmp_path)
     assert "1 images without instances (not trained on): im02.png" in text
     assert "min 0 /" in text
+
+
+# ----------------------------------------------------------------------------- writers' layouts
+# Each sample below is written the way its tool writes it (datumaro's COCO exporter for CVAT,
+# Roboflow's COCO and YOLOv8 downloads, Ultralytics' data.yaml and label txt, labelme's JSON,
+# Pascal VOC's palette PNGs and lists), and each image's instance count is checked exactly.
+
+
+def counts(records: list[Record]) -> dict[str, int]:
+    """Instances per image name (warnings about skipped annotations are tested apart)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {r.image.name: len(data.read_sample(r, 64, min_area=1).masks) for r in records}
+
+
+def square(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def cvat_coco(root: Path) -> Path:
+    """A CVAT 'COCO 1.0' export as datumaro writes it: annotations/instances_default.json,
+    images/default/, empty info and licenses, 'occluded' attributes, and every mask shape an
+    uncompressed RLE with iscrowd 1."""
+    h, w = 12, 16
+    masks = {
+        "a.jpg": [square(h, w, 1, 5, 1, 6), square(h, w, 6, 11, 8, 15)],
+        "b.jpg": [square(h, w, 2, 9, 2, 9)],
+    }
+    js = {
+        "licenses": [{"name": "", "id": 0, "url": ""}],
+        "info": {
+            "contributor": "",
+            "date_created": "",
+            "description": "",
+            "url": "",
+            "version": "",
+            "year": "",
+        },
+        "categories": [{"id": 1, "name": "cell", "supercategory": ""}],
+        "images": [],
+        "annotations": [],
+    }
+    for i, name in enumerate(masks, 1):
+        js["images"].append(
+            {
+                "id": i,
+                "width": w,
+                "height": h,
+                "file_name": name,
+                "license": 0,
+                "flickr_url": "",
+                "coco_url": "",
+                "date_captured": 0,
+            }
+        )
+        write(root / "images" / "default" / name, noise_image(h, w, i))
+        for m in masks[name]:
+            seg = {"counts": rle_counts(m), "size": [h, w]}
+            js["annotations"].append(
+                {
+                    "id": len(js["annotations"]) + 1,
+                    "image_id": i,
+                    "category_id": 1,
+                    "segmentation": seg,
+                    "area": float(m.sum()),
+                    "bbox": [0, 0, 1, 1],
+                    "iscrowd": 1,
+                    "attributes": {"occluded": False},
+                }
+            )
+    # one polygon shape: CVAT writes those as polygons, iscrowd 0
+    js["annotations"].append(
+        {
+            "id": 9,
+            "image_id": 1,
+            "category_id": 1,
+            "segmentation": [[9.0, 1.0, 14.0, 1.0, 14.0, 4.0]],
+            "area": 7.5,
+            "bbox": [9, 1, 5, 3],
+            "iscrowd": 0,
+            "attributes": {"occluded": False},
+        }
+    )
+    path = root / "annotations" / "instances_default.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(js))
+    return path
+
+
+def test_cvat_coco_masks_are_crowd_named_and_used(tmp_path):
+    cvat_coco(tmp_path)
+    assert data.detect_format(tmp_path) == "coco"
+    recs = data.find_records(tmp_path, "all")
+    assert [r.image for r in recs] == [
+        tmp_path / "images" / "default" / n for n in ("a.jpg", "b.jpg")
+    ]
+    assert counts(recs) == {"a.jpg": 1, "b.jpg": 0}  # by default only the polygon
+    text = data.summarize(tmp_path)
+    assert (
+        "3 crowd (iscrowd=1) annotations skipped in 2 images (this looks like a CVAT export" in text
+    )
+    assert "--crowd-instances makes them instances" in text
+    assert "a.jpg: crowd (iscrowd=1) annotation ids 1, 2" in text and "b.jpg: crowd" in text
+    notes = data.load_split(tmp_path, "train").notes + data.load_split(tmp_path, "test").notes
+    assert sum(int(n.split(": ")[1].split()[0]) for n in notes) == 3  # train.py prints these
+    # the option: every mask shape is an instance, exactly as drawn
+    recs = data.find_records(tmp_path, "all", crowd=True)
+    assert counts(recs) == {"a.jpg": 3, "b.jpg": 1}
+    s = data.read_sample(recs[1], max_side=16, min_area=1)
+    assert np.array_equal(s.masks[0], square(12, 16, 2, 9, 2, 9))
+    assert "3 crowd (iscrowd=1) annotations used as instances" in data.summarize(
+        tmp_path, crowd=True
+    )
+    assert data.main([str(tmp_path), "--crowd-instances"]) == 0
+
+
+def roboflow_coco(root: Path, split: str, n_instances: list[int]) -> None:
+    """Roboflow's COCO download: ROOT/<split>/_annotations.coco.json, images beside it, ids
+    from 0 and a category 0 that is the dataset's supercategory."""
+    h, w = 16, 20
+    js = {
+        "info": {"year": "2022", "version": "1", "description": "Exported from roboflow.ai"},
+        "licenses": [
+            {"id": 1, "url": "https://creativecommons.org/licenses/by/4.0/", "name": "CC BY 4.0"}
+        ],
+        "categories": [
+            {"id": 0, "name": "cells", "supercategory": "none"},
+            {"id": 1, "name": "cell", "supercategory": "cells"},
+        ],
+        "images": [],
+        "annotations": [],
+    }
+    for i, n in enumerate(n_instances):
+        name = f"{split}{i}_jpg.rf.0a1b2c.jpg"
+        js["images"].append({"id": i, "license": 1, "file_name": name, "height": h, "width": w})
+        write(root / split / name, noise_image(h, w, i))
+        for k in range(n):
+            poly = [2.0 * k, 1.0, 2.0 * k + 1.5, 1.0, 2.0 * k + 1.5, 9.0, 2.0 * k, 9.0]
+            js["annotations"].append(
+                {
+                    "id": len(js["annotations"]),
+                    "image_id": i,
+                    "category_id": 1,
+                    "bbox": [2 * k, 1, 1.5, 8],
+                    "area": 12.0,
+                    "segmentation": [poly],
+                    "iscrowd": 0,
+                }
+            )
+    (root / split / "_annotations.coco.json").write_text(json.dumps(js))
+
+
+def test_roboflow_coco_layout_valid_is_validation(tmp_path):
+    roboflow_coco(tmp_path, "train", [2, 1, 3])
+    roboflow_coco(tmp_path, "valid", [4])
+    roboflow_coco(tmp_path, "test", [1, 1])
+    assert data.detect_format(tmp_path) == "coco"
+    train, val = data.find_records(tmp_path, "train"), data.find_records(tmp_path, "val")
+    assert counts(train) == {f"train{i}_jpg.rf.0a1b2c.jpg": n for i, n in enumerate([2, 1, 3])}
+    assert counts(val) == {"valid0_jpg.rf.0a1b2c.jpg": 4}
+    text = data.summarize(tmp_path)
+    assert "train/_annotations.coco.json -> train" in text
+    assert "valid/_annotations.coco.json -> test" in text
+    assert "test/_annotations.coco.json -> not used" in text
+
+
+VOC_PALETTE = [
+    c
+    for i in range(256)
+    for c in [sum(((i >> (3 * b + s)) & 1) << (7 - b) for b in range(8)) for s in range(3)]
+]
+
+
+def voc_object_png(path: Path, boxes: list[tuple[int, int, int, int]], h: int, w: int) -> None:
+    """A VOC SegmentationObject PNG: palette indices 1..N, a 255 'void' ring around each."""
+    lab = np.zeros((h, w), np.uint8)
+    for k, (y0, y1, x0, x1) in enumerate(boxes, 1):
+        lab[y0:y1, x0:x1] = k
+    ring = cv2.dilate((lab > 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    lab[ring & (lab == 0)] = 255
+    im = Image.fromarray(lab, mode="P")
+    im.putpalette(VOC_PALETTE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+
+
+def test_voc_void_ring_is_no_instance(tmp_path):
+    h, w = 20, 24
+    objects = {
+        "2007_000032": [(2, 8, 2, 9)],
+        "2007_000039": [(2, 8, 2, 9), (11, 18, 12, 22)],
+        "2007_000063": [(3, 15, 3, 20)],
+    }
+    for stem, boxes in objects.items():
+        write(tmp_path / "JPEGImages" / f"{stem}.jpg", noise_image(h, w))
+        voc_object_png(tmp_path / "SegmentationObject" / f"{stem}.png", boxes, h, w)
+    sets = tmp_path / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("2007_000032\n2007_000039\n")
+    (sets / "val.txt").write_text("2007_000063\n")
+    (sets / "trainval.txt").write_text("2007_000032\n2007_000039\n2007_000063\n")
+    assert data.detect_format(tmp_path) == "voc"
+    train = data.find_records(tmp_path, "train")
+    assert counts(train) == {"2007_000032.jpg": 1, "2007_000039.jpg": 2}
+    assert counts(data.find_records(tmp_path, "val")) == {"2007_000063.jpg": 1}
+    s = data.read_sample(train[0], max_side=24, min_area=1)
+    assert np.array_equal(s.masks[0], square(h, w, 2, 8, 2, 9))  # the object, not its ring
+    assert counts(data.find_records(tmp_path, "train", ignore_index=-1)) == {
+        "2007_000032.jpg": 2,
+        "2007_000039.jpg": 3,
+    }
+    assert "ImageSets/Segmentation/train.txt -> train" in data.summarize(tmp_path)
+    # no lists (labelme2voc writes none): every SegmentationObject PNG, held out by name
+    for p in sets.iterdir():
+        p.unlink()
+    assert len(data.find_records(tmp_path, "all")) == 3
+    # the same palette PNG in an images/ + masks/ folder
+    write(tmp_path / "f" / "images" / "a.jpg", noise_image(h, w))
+    voc_object_png(tmp_path / "f" / "masks" / "a.png", objects["2007_000039"], h, w)
+    assert counts(data.find_records(tmp_path / "f", "all")) == {"a.jpg": 2}
+    assert "max 2" in data.summarize(tmp_path / "f")
+    with pytest.raises(ValueError, match="ignore-index"):
+        data.find_records(tmp_path / "f", ignore_index=256)
+
+
+def yolo_line(poly: list[float]) -> str:
+    return "0 " + " ".join(f"{v:.6f}" for v in poly)
+
+
+def test_yolo_ultralytics_layout(tmp_path):
+    """Ultralytics: data.yaml with path/train/val/names, images/{train,val}, labels/{train,val},
+    one normalized polygon per line; a missing label file is a background image."""
+    h, w = 16, 32
+    (tmp_path / "data.yaml").write_text(
+        "path: .\ntrain: images/train\nval: images/val\nnames:\n  0: cell\n"
+    )
+    labels = {
+        "train/a": [
+            yolo_line([0.25, 0.25, 0.75, 0.25, 0.75, 0.75, 0.25, 0.75]),
+            yolo_line([0.0, 0.0, 0.125, 0.0, 0.125, 0.25]),
+            "0 0.5 0.5 0.2 0.2",
+        ],
+        "train/b": None,
+        "val/c": [yolo_line([0.5, 0.5, 1.0, 0.5, 1.0, 1.0])],
+    }
+    for stem, lines in labels.items():
+        write(tmp_path / "images" / f"{stem}.jpg", noise_image(h, w))
+        if lines is not None:
+            (tmp_path / "labels" / stem).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "labels" / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+    for root in (tmp_path, tmp_path / "data.yaml"):
+        assert data.detect_format(root) == "yolo"
+        train = data.find_records(root, "train")
+        assert counts(train) == {"a.jpg": 2, "b.jpg": 0}
+        assert counts(data.find_records(root, "val")) == {"c.jpg": 1}
+    with pytest.warns(UserWarning, match=r"a\.jpg: skipped line 3: a box"):
+        s = data.read_sample(train[0], max_side=32, min_area=1)
+    assert any(np.array_equal(m, square(h, w, 4, 12, 8, 24)) for m in s.masks)  # scaled by w, h
+    text = data.summarize(tmp_path)
+    assert (
+        "data.yaml train: images/train -> train" in text
+        and "data.yaml val: images/val -> test" in text
+    )
+    assert "b.jpg" in text.split("images without instances")[1]
+    assert "a.jpg: line 3: a box (class x y w h), no polygon" in text
+    # without a data.yaml: images/{train,val} + labels/{train,val} by their folder names
+    (tmp_path / "data.yaml").unlink()
+    assert counts(data.find_records(tmp_path, "val")) == {"c.jpg": 1}
+
+
+def test_yolo_roboflow_layout(tmp_path):
+    """Roboflow's YOLOv8 download: data.yaml names ../train/images, ../valid/images,
+    ../test/images (Ultralytics drops the ../), each split with images/ and labels/."""
+    (tmp_path / "data.yaml").write_text(
+        "train: ../train/images\nval: ../valid/images\ntest: ../test/images\n\n"
+        "nc: 1\nnames: ['cell']\n"
+    )
+    lines = ["0 0.1 0.1 0.4 0.1 0.4 0.4", "0 0.5 0.5 0.9 0.5 0.9 0.9", "0 0.1 0.6 0.3 0.6 0.3 0.9"]
+    labels = {"train0": lines[:2], "train1": lines[2:], "valid0": lines, "test0": lines[:1]}
+    for stem, rows in labels.items():
+        split = stem[:-1]
+        write(tmp_path / split / "images" / f"{stem}_jpg.rf.ab12.jpg", noise_image(10, 12))
+        (tmp_path / split / "labels").mkdir(parents=True, exist_ok=True)
+        (tmp_path / split / "labels" / f"{stem}_jpg.rf.ab12.txt").write_text("\n".join(rows))
+    assert counts(data.find_records(tmp_path, "train")) == {
+        "train0_jpg.rf.ab12.jpg": 2,
+        "train1_jpg.rf.ab12.jpg": 1,
+    }
+    assert counts(data.find_records(tmp_path, "val")) == {"valid0_jpg.rf.ab12.jpg": 3}
+    assert "data.yaml test: test/images -> not used" in data.summarize(tmp_path)
+
+
+def labelme_shape(label, points, shape_type="polygon", group_id=None, mask=None) -> dict:
+    return {
+        "label": label,
+        "points": points,
+        "group_id": group_id,
+        "description": "",
+        "shape_type": shape_type,
+        "flags": {},
+        "mask": mask,
+    }
+
+
+def test_labelme_shapes_and_groups(tmp_path):
+    """labelme 5: x.json beside x.jpg, imageData null; polygon, rectangle, circle and mask
+    shapes are regions, shapes with one label and group_id one instance, a line none."""
+    h, w = 24, 32
+    patch = io_png(np.ones((3, 4), np.uint8))
+    shapes = [
+        labelme_shape("cell", [[1, 1], [6, 1], [6, 5]]),
+        labelme_shape("cell", [[2, 12], [9, 16]], "rectangle"),
+        labelme_shape("cell", [[20, 6], [20, 9]], "circle"),
+        labelme_shape("cell", [[12, 1], [16, 1], [16, 4]], group_id=1),
+        labelme_shape("cell", [[12, 8], [16, 8], [16, 10]], group_id=1),  # same instance
+        labelme_shape("debris", [[12, 14], [16, 14], [16, 16]], group_id=1),  # another label
+        labelme_shape("crack", [[0, 20], [30, 22]], "line"),
+        labelme_shape("cell", [[26.0, 18.0], [29.0, 20.0]], "mask", mask=patch),
+    ]
+    for stem, shp in (("a", shapes), ("b", [])):
+        write(tmp_path / f"{stem}.jpg", noise_image(h, w))
+        doc = {
+            "version": "5.5.0",
+            "flags": {},
+            "shapes": shp,
+            "imagePath": f"{stem}.jpg",
+            "imageData": None,
+            "imageHeight": h,
+            "imageWidth": w,
+        }
+        (tmp_path / f"{stem}.json").write_text(json.dumps(doc, indent=2))
+    write(tmp_path / "c.jpg", noise_image(h, w))  # not annotated: no JSON
+    assert data.detect_format(tmp_path) == "labelme"
+    recs = data.find_records(tmp_path, "all")
+    assert counts(recs) == {"a.jpg": 6, "b.jpg": 0}
+    with pytest.warns(UserWarning, match=r"a\.jpg: skipped shape 6 \(line\): not a region"):
+        s = data.read_sample(recs[0], max_side=32, min_area=1)
+    assert masks_as_set(s.masks) >= {
+        square(h, w, 12, 17, 2, 10).tobytes(),
+        square(h, w, 18, 21, 26, 30).tobytes(),
+    }
+    assert any(m[1, 12] and m[9, 15] for m in s.masks)  # the grouped polygons: one mask
+    # a labelme file is no COCO file
+    with pytest.raises(DataError, match="labelme file"):
+        data.find_records(tmp_path / "a.json")
+    # a JSON whose size is not its image's: that image is skipped, named
+    doc = json.loads((tmp_path / "b.json").read_text()) | {"imageWidth": 31}
+    (tmp_path / "b.json").write_text(json.dumps(doc))
+    assert "b.jpg is 32x24 but" in data.summarize(tmp_path)
+
+
+def io_png(a: np.ndarray) -> str:
+    import base64
+
+    ok, buf = cv2.imencode(".png", a)
+    return base64.b64encode(buf.tobytes()).decode()
+
+
+@pytest.mark.parametrize(
+    "js, expect",
+    [
+        ([{"id": 1}], r"it holds a JSON list, .*Label Studio"),
+        ({"images": {"id": 1}}, r"it needs an 'images' list and an 'annotations' list"),
+        ({"images": [[1, "a.png"]]}, r"images\[0\] needs an 'id'"),
+        ({"images": [{"id": 3}]}, r"image id 3: 'file_name' must be a string, got None"),
+        (  # width 0: unknown, as datumaro writes it
+            {"images": [{"id": 3, "file_name": "a.png", "width": 0, "height": 2.5}]},
+            r"image id 3: 'height' must be a positive integer, got 2.5",
+        ),
+        (
+            {"images": [{"id": 3, "file_name": "a.png", "width": "640"}]},
+            r"image id 3: 'width' must be a positive integer, got '640'",
+        ),
+        (
+            {"images": [{"id": 3, "file_name": "a.png"}], "annotations": [7]},
+            r"annotations\[0\] must be an object, got 7",
+        ),
+        ({"shapes": [], "imagePath": "a.png"}, r"it is a labelme file"),
+    ],
+)
+def test_coco_errors_name_field_and_entry(tmp_path, js, expect):
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(js))
+    with pytest.raises(
+        DataError, match=r"instances\.json: not a readable COCO instances JSON: " + expect
+    ):
+        data.find_records(path, "all")
+
+
+def test_coco_missing_image_names_folders_searched(tmp_path):
+    js = write_coco(tmp_path / "annotations" / "instances_default.json", ["a.png", "b.png"])
+    (js.parent / "images" / "b.png").unlink()
+    text = data.summarize(tmp_path)
+    assert "b.png: missing image (looked in " in text
+    assert str(tmp_path / "images" / "default") in text
+
+
+def test_coco_bad_annotation_types_named(tmp_path):
+    anns = [
+        {"id": 1, "image_id": 0, "segmentation": [[1, 1, 5, 1, 5, 4]]},
+        {"id": 2, "image_id": 0, "segmentation": [["a", 1, 5, 1, 5, 4]]},
+        {"id": 3, "image_id": 0, "segmentation": {"size": [6, 8], "counts": [1.5, 2]}},
+        {"id": 4, "image_id": 7, "segmentation": [[1, 1, 5, 1, 5, 4]]},
+    ]
+    js = write_coco(tmp_path / "instances.json", ["a.png"], anns)
+    with pytest.warns(
+        UserWarning,
+        match=r"skipped 1 annotations whose image_id is in no 'images' entry: "
+        r"annotation id 4 \(image_id 7\)",
+    ):
+        text = data.summarize(js)
+    assert "annotation id 2: 'segmentation' is a list but not of polygons" in text
+    assert "annotation id 3: RLE 'counts' must be a list of run lengths" in text
+
+
+def test_no_usable_image_exits_nonzero(tmp_path, capsys):
+    make_folder(tmp_path, 3)
+    for i in range(3):
+        write(tmp_path / "masks" / f"im{i:02d}.png", np.zeros((20, 30), np.uint8))
+    assert data.main([str(tmp_path)]) == 1
+    assert "no usable training image" in capsys.readouterr().err
+
+
+def test_recognised_but_unsupported_layout_says_what(tmp_path):
+    (tmp_path / "annotations.xml").write_text("<annotations><version>1.1</version></annotations>")
+    with pytest.raises(DataError, match="looks like CVAT's XML: export the task as 'COCO 1.0'"):
+        data.detect_format(tmp_path)
+
+
+def test_non_utf8_file_name(tmp_path, capsys):
+    """An image named with bytes that are not UTF-8 (old shares) is read like any other, and
+    data.py prints its name escaped instead of ending in a traceback."""
+    make_folder(tmp_path, 3)
+    bad = os.fsdecode(b"bad\xff")
+    write(tmp_path / "images" / f"{bad}.png", noise_image(20, 30))
+    write(tmp_path / "masks" / f"{bad}.png", np.zeros((20, 30), np.uint8))
+    recs = data.find_records(tmp_path, "all")
+    assert len(recs) == 4 and len(data.load_split(tmp_path, "all")) == 4
+    assert {len(data.read_sample(r, max_side=30).masks) for r in recs} == {0, 2}
+    train, test = data.find_records(tmp_path, "train"), data.find_records(tmp_path, "test")
+    assert len(train) + len(test) == 4
+    assert data.main([str(tmp_path)]) == 0  # stdout is strict UTF-8, as a terminal's is
+    out = capsys.readouterr().out
+    assert "images without instances (not trained on): bad\\xff.png" in out
+
+
+def test_coco_memory_follows_output(tmp_path):
+    """Masks are decoded one at a time and resized at once: 400 annotations on a 640x480
+    image never hold 400 full-size masks (that alone would be 123 MB)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 440, (400, 2))
+    anns = [
+        {"id": i, "image_id": 0, "segmentation": [[x, y, x + 30, y, x + 30, y + 30, x, y + 30]]}
+        for i, (x, y) in enumerate(xy)
+    ]
+    ims = [{"id": 0, "file_name": "a.png", "width": 640, "height": 480}]
+    (tmp_path / "instances.json").write_text(json.dumps({"images": ims, "annotations": anns}))
+    write(tmp_path / "images" / "a.png", np.zeros((480, 640, 3), np.uint8))
+    rec = data.find_records(tmp_path / "instances.json", "all")[0]
+    tracemalloc.start()
+    try:
+        s = data.read_sample(rec, max_side=64, min_area=1)
+        n = data._count_instances(rec)[0]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(s.masks) == 400 and n == 400
+    assert peak < 30e6, peak
+
+
+def test_train_passes_data_options(tmp_path):
+    """train.py's --crowd-instances / --ignore-index reach the readers, and the crowd count
+    is among the lines it prints at start-up (the datasets' notes)."""
+    import train
+
+    cvat_coco(tmp_path)
+    cfg = train.parse_args(["--data", str(tmp_path)])
+    assert (cfg.crowd_instances, cfg.ignore_index) == (False, 255)
+    train_set, val_set = train.open_data(cfg)
+    notes = " ".join(train_set.notes + val_set.notes)
+    assert "crowd (iscrowd=1) annotations skipped" in notes and "CVAT" in notes
+    cfg = train.parse_args(["--data", str(tmp_path), "--crowd-instances", "--ignore-index", "-1"])
+    train_set, val_set = train.open_data(cfg)
+    assert sum(len(r.coco) for r in train_set.records + val_set.records) == 4
