@@ -108,13 +108,13 @@ def read_detections(dets: list[dict], where: str) -> dict[str | int, Boxes]:
     """COCO-style detections -> {file name, else image_id as written: Boxes}."""
     rows: dict[str | int, list] = {}
     for i, det in enumerate(dets):
-        key = det.get("file_name", det.get("image_id"))
-        if key is None or "bbox" not in det:
-            raise DataError(f"{where}: detection {i} lacks 'bbox' or 'file_name'/'image_id'")
-        x, y, w, h = _box_array([det["bbox"]], f"{where}, detection {i}")[0]
+        key, at = det.get("file_name", det.get("image_id")), f"{where}, detection {i}"
+        if not isinstance(key, (str, int)) or isinstance(key, bool) or "bbox" not in det:
+            raise DataError(f"{at} lacks 'bbox' or a 'file_name'/'image_id' (a name or number)")
+        x, y, w, h = _box_array([det["bbox"]], at)[0]
         key = Path(key).name if isinstance(key, str) else key
-        row = (x, y, x + w, y + h, _number(det, "score", f"{where}, detection {i}"))
-        rows.setdefault(key, []).append((*row, _number(det, "category_id", where), i))
+        row = (x, y, x + w, y + h, _number(det, "score", at), _number(det, "category_id", at))
+        rows.setdefault(key, []).append((*row, i))
     return {k: Boxes(*np.split(np.array(v), [4, 5, 6], axis=1)) for k, v in rows.items()}
 
 
@@ -154,9 +154,9 @@ def read_boxes(path: str | Path) -> dict[str | int | None, Boxes]:
     """
     path = Path(path)
     if path.is_dir():
-        txts = sorted(path.glob("*.txt"))
+        txts = sorted(path.glob("*.txt")) or sorted(path.glob("labels/*.txt"))  # runs/detect/x
         if not txts:
-            raise DataError(f"--boxes {path} is a folder without .txt files (YOLO labels)")
+            raise DataError(f"--boxes {path}: no YOLO .txt labels in it nor in its labels/")
         return {p.stem: read_yolo_txt(p) for p in txts}
     if path.suffix.lower() == ".txt":
         return {None: read_yolo_txt(path)}

@@ -743,8 +743,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--conf",
         type=fraction,
         default=0.25,
-        help="--boxes: keep detections scored at least this, as yolo predict (boxes without "
-        "a score are kept)",
+        help="--boxes: keep detections scored at least this (default 0.25, as yolo predict; "
+        "boxes without a score are kept)",
     )
     p.add_argument(
         "--classes",
@@ -756,12 +756,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--points",
         type=bounded_int(1, MAX_PROMPTS, " (each is a decoder pass and a full-size mask)"),
         default=30,
-        help="random clicks inside the region per image",
+        help=f"random clicks inside the region per image (default 30, at most {MAX_PROMPTS})",
     )
     p.add_argument(
         "--grid",
         type=bounded_int(1, 64, f" (K x K clicks: at most {MAX_PROMPTS})"),
-        help="click a regular KxK grid over the image instead (points outside the region dropped)",
+        help="click a regular KxK grid over the image instead (points outside the region "
+        "dropped; K at most 64)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random points and colours")
     p.add_argument(
@@ -781,9 +782,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-points",
         type=bounded_int(1, MAX_BATCH, " (each prompt holds a ~16 MB copy of the features)"),
         default=64,
-        help="prompts per decoder call (lower it if memory runs out)",
+        help=f"prompts per decoder call (default 64, at most {MAX_BATCH}; lower it if memory "
+        "runs out)",
     )
-    p.add_argument("--out", default="out", help="output folder")
+    p.add_argument(
+        "--out", default="out", help="output folder: label PNGs and coco_results.json (out)"
+    )
     p.add_argument("--show", action="store_true", help="show each result in a matplotlib window")
     return p
 

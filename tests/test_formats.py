@@ -77,6 +77,7 @@ def test_read_boxes_json_layouts(tmp_path):
         ('[[1, 2, "a", 4]]', "x0, y0, x1, y1"),
         ('{"a.jpg": [1, 2, 3, 4]}', "image 'a.jpg'"),
         ('[{"file_name": "a.jpg"}]', "detection 0 lacks"),
+        ('[{"image_id": [1], "bbox": [1, 2, 3, 4]}]', "detection 0 lacks"),
         ('[{"file_name": "a.jpg", "bbox": [1, 2]}]', "detection 0"),
         ('[{"image_id": 1, "bbox": [1, 2, 3, 4], "score": "high"}]', "'score' is 'high'"),
         ("3", "expected a JSON list"),
@@ -192,14 +193,15 @@ def test_yolo_txt_labels(tmp_path):
     assert a.score.tolist() == [0.91, 0.1] and a.category.tolist() == [0, 3]
     assert found[1].score.tolist() == [0.5] and np.isnan(found[2].score).all()
     assert notes == ["1 images without boxes (d.jpg)"]  # YOLO writes no file for no detection
+    assert set(read_boxes(labels.parent)) == {"a", "b", "c"}  # yolo's run folder: its labels/
     one = read_boxes(labels / "a.txt")  # one file: one image's boxes
     assert list(one) == [None] and len(one[None]) == 2
 
     (labels / "bad.txt").write_text("0 0.5 0.5 0.1\n")
     with pytest.raises(DataError, match=r"bad.txt, line 1: expected 'cls cx cy w h"):
         read_boxes(labels)
-    with pytest.raises(DataError, match="without .txt"):
-        read_boxes(tmp_path / "predict")
+    with pytest.raises(DataError, match="no YOLO .txt labels"):
+        read_boxes(tmp_path)
 
 
 def test_match_boxes_one_list_and_nothing_matching():

@@ -625,13 +625,9 @@ def test_cli_detector_files_and_coco_ap(tmp_path, shared_model, monkeypatch, cap
         gt["images"].append({"id": image_id, "file_name": name, "height": h, "width": w})
         for x0, y0, x1, y1, cat in objs:
             xywh = [x0, y0, x1 - x0, y1 - y0]
-            polygon = [[x0, y0, x1, y0, x1, y1, x0, y1]]
             ann = {"image_id": image_id, "category_id": cat, "bbox": xywh, "iscrowd": 0}
-            ann |= {
-                "id": len(gt["annotations"]) + 1,
-                "segmentation": polygon,
-                "area": xywh[2] * xywh[3],
-            }
+            ann["segmentation"] = [[x0, y0, x1, y0, x1, y1, x0, y1]]  # a polygon
+            ann |= {"id": len(gt["annotations"]) + 1, "area": xywh[2] * xywh[3]}
             gt["annotations"].append(ann)
             preds.append({"image_id": image_id, "category_id": cat, "bbox": xywh, "score": 0.8})
             line = (cat - 1, (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, xywh[2] / w, xywh[3] / h, 0.8)
@@ -801,6 +797,8 @@ def test_parser_help_mentions_every_flag():
         "--boxes",
         "--auto",
         "--stability",
+        "--conf",
+        "--classes",
     ):
         assert flag in text
     assert isinstance(infer.build_parser(), argparse.ArgumentParser)
