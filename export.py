@@ -22,8 +22,8 @@ decoder.onnx, M prompts (one mask each) of K points, both dynamic; inputs in thi
 x-anylabeling.yaml, anylabeling.yaml
     the configs X-AnyLabeling and AnyLabeling load with "...Load Custom Model"
 
-Opset 18, IR version 8: onnxruntime 1.14 and later load the graphs. Needs onnx and onnxscript
-(and onnxruntime to run the graphs).
+Opset 18, IR version 8, as samexporter writes: the GUIs' older onnxruntime builds load them
+(1.15.0 and 1.16.3 checked, as 1.32.0). Needs onnx and onnxscript (and onnxruntime to run them).
 """
 
 from __future__ import annotations
@@ -203,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         files = export(sam, out)
     except ImportError as e:  # torch's exporter needs onnx and onnxscript
         parser.error(f"ONNX export needs the onnx and onnxscript packages ({e})")
-    source = "random weights" if args.checkpoint.lower() == "none" else Path(args.checkpoint).stem
-    display = args.name or f"SAM 2 {model} fine-tuned ({source})"
+    ckpt = Path(args.checkpoint).resolve()
+    source = (
+        "random weights" if args.checkpoint.lower() == "none" else f"{ckpt.parent.name}/{ckpt.name}"
+    )
+    display = args.name or f"SAM 2 {model} ({source})"  # e.g. SAM 2 small (labpics/model.pt)
     files += write_configs(out, re.sub(r"\W+", "_", f"sam2_{model}_{source}").lower(), display)
     print("wrote " + ", ".join(str(f) for f in files))
     return 0

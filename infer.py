@@ -446,8 +446,9 @@ def colorize(labels: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, color: np.ndarray, labels: np.ndarray, alpha=0.5) -> np.ndarray:
-    """Blend `color` over `image` (both (H, W, 3) uint8) where labels > 0."""
-    mix = (image * (1 - alpha) + color * alpha).astype(np.uint8)
+    """Blend `color` over `image` (both (H, W, 3) uint8) where labels > 0, in uint8: a float
+    blend of a 24 MP photo would take 1.7 GB."""
+    mix = cv2.addWeighted(image, 1 - alpha, color, alpha, 0)
     return np.where(labels[..., None] > 0, mix, image)
 
 

@@ -362,17 +362,8 @@ def test_segment_many_prompts_in_parts_with_progress(monkeypatch, capsys):
     parts, calls[:] = [], []
     assert np.array_equal(segment(None, image, boxes=boxes, records=parts), whole)
     assert [len(c) for _, c, _ in calls] == [2, 2, 1]
-    assert (
-        sorted(r["prompt"] for r in parts)
-        == sorted(r["prompt"] for r in records)
-        == [
-            0,
-            1,
-            2,
-            3,
-            4,
-        ]
-    )
+    prompts = sorted(r["prompt"] for r in parts)
+    assert prompts == sorted(r["prompt"] for r in records) == [0, 1, 2, 3, 4]
 
 
 # ----------------------------------------------------------------------------- prompt-free
