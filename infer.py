@@ -9,13 +9,15 @@ asks SAM 2's own automatic mask generator instead, with no prompt at all.
     python infer.py photo.jpg region.png --checkpoint runs/model.pt      # one image
     python infer.py photo.jpg --checkpoint runs/model.pt --grid 16       # whole image, 16x16 grid
     python infer.py photo.jpg --checkpoint runs/model.pt --boxes boxes.json   # a detector's boxes
+    python infer.py val/ --boxes predictions.json --gt instances_val.json     # + COCO segm AP
     python infer.py photo.jpg --checkpoint runs/model.pt --auto          # prompt-free
     python infer.py images/ --masks regions/ --checkpoint runs/model.pt --out out/   # a folder
     python infer.py photo.jpg region.png --checkpoint runs/model.pt --gt photo_gt.png  # + quality
     python infer.py photo.jpg --model small                  # official weights (downloaded once)
 
 Writes <stem>_labels.png (uint16 ids at the image's size, 0 = background), <stem>_color.png and
-<stem>_overlay.png into --out. In a notebook:
+<stem>_overlay.png into --out, and coco_results.json with every mask (COCO results, with its id
+in the label PNG). Box files and COCO results: formats.py. In a notebook:
 
     from infer import load_model, segment
     sam = load_model("small", "runs/model.pt", "cuda")
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import tempfile
 import warnings
@@ -43,6 +44,19 @@ import torch
 from tqdm import tqdm
 
 from data import IMAGE_EXTS, DataError, read_label_map, read_rgb, resize_longest
+from formats import (
+    Boxes,
+    clip_boxes,
+    coco_entries,
+    describe_dropped,
+    encode_mask,
+    evaluate_coco,
+    load_coco,
+    match_boxes,
+    read_boxes,
+    select_boxes,
+    write_json,
+)
 from model import (
     MODELS,
     CheckpointError,
@@ -70,6 +84,12 @@ __all__ = [
 MAX_SIDE = 1024  # the size SAM 2 sees and train.py trains at
 MAX_ID = np.iinfo(np.uint16).max
 UPSCALE_PIXELS = 1 << 25  # mask pixels upscaled at once (128 MB of logits): bounds big images
+MAX_PROMPTS = 4096  # prompts decoded per pass: their low-res logits take 256 KB each
+MAX_BATCH = 256  # prompts per decoder call: each holds its own copy of the features (~16 MB)
+AUTO_BYTES = 12  # bytes SAM 2's mask generator holds per full-size mask pixel (measured)
+AUTO_BUDGET = 3 << 29  # 1.5 GiB: --auto's clicks per batch are fitted to it
+AUTO_MAX_PIXELS = 100_000_000  # --auto: 3 full-size masks of one click take ~3.4 GB at this
+PROGRESS_MIN = 256  # a run over this many prompts or clicks shows a progress bar
 
 # ----------------------------------------------------------------------------- prompts
 
@@ -99,70 +119,6 @@ def grid_points(region: np.ndarray, k: int) -> np.ndarray:
     return np.stack([gx[keep], gy[keep]], axis=1).astype(np.float32)
 
 
-def _box_array(value, where: str) -> np.ndarray:
-    """A JSON list of [x0, y0, x1, y1] (or of COCO [x, y, w, h]) -> (N, 4) float64."""
-    try:
-        boxes = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        boxes = None
-    if boxes is None or not (boxes.size == 0 or (boxes.ndim == 2 and boxes.shape[1] == 4)):
-        raise DataError(f"{where}: expected a list of [x0, y0, x1, y1] boxes, got {value!r:.80}")
-    return boxes.reshape(-1, 4)
-
-
-def read_boxes(path: str | Path) -> dict[str | None, np.ndarray]:
-    """Box prompts from a JSON file -> {image file name: (N, 4) float x0, y0, x1, y1 pixels}.
-
-    The file holds [[x0, y0, x1, y1], ...] for one image (key None), {"a.jpg": [[...], ...]},
-    COCO-style detections [{"file_name" or "image_id": ..., "bbox": [x, y, w, h]}, ...], or a
-    COCO dict whose "images" name the files of its "annotations". Raises DataError naming it.
-    """
-    try:
-        obj = json.loads(Path(path).read_bytes())
-    except OSError as e:
-        raise DataError(f"--boxes {path}: cannot read it ({e.strerror or e})") from None
-    except ValueError as e:  # JSONDecodeError and bad UTF-8 alike
-        raise DataError(f"--boxes {path} is not valid JSON ({e})") from None
-    if isinstance(obj, dict) and "annotations" in obj:  # a COCO file: image ids -> file names
-        names = {im.get("id"): im.get("file_name") for im in obj.get("images", [])}
-        obj = [
-            dict(a, file_name=names.get(a.get("image_id"), a.get("image_id")))
-            for a in obj["annotations"]
-        ]
-    if isinstance(obj, list) and obj and all(isinstance(d, dict) for d in obj):
-        table: dict[str, list] = {}
-        for i, det in enumerate(obj):
-            key = det.get("file_name", det.get("image_id"))
-            if key is None or "bbox" not in det:
-                raise DataError(
-                    f"--boxes {path}: detection {i} lacks 'bbox' or 'file_name'/'image_id'"
-                )
-            xywh = _box_array([det["bbox"]], f"--boxes {path}, detection {i}")
-            table.setdefault(Path(str(key)).name, []).append(
-                np.hstack([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]])
-            )
-        return {k: np.concatenate(v) for k, v in table.items()}
-    if isinstance(obj, list):
-        return {None: _box_array(obj, f"--boxes {path}")}
-    if isinstance(obj, dict):
-        return {Path(k).name: _box_array(v, f"--boxes {path}, image {k!r}") for k, v in obj.items()}
-    raise DataError(f"--boxes {path}: expected a JSON list or object, got {type(obj).__name__}")
-
-
-def clip_boxes(boxes: np.ndarray, hw: tuple[int, int], name: str = "image") -> np.ndarray:
-    """Clip (N, 4) x0, y0, x1, y1 boxes to an (H, W) image -> (N', 4); a box with no area left
-    (outside, inverted, empty or not finite) is dropped with a warning naming it."""
-    h, w = hw
-    clipped = np.clip(boxes, 0, [w, h, w, h])
-    ok = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])  # NaN: False
-    for i in np.flatnonzero(~ok):
-        warnings.warn(
-            f"{name}: skipped box {i} {boxes[i].tolist()}: no area inside the {w}x{h} image",
-            stacklevel=2,
-        )
-    return clipped[ok]
-
-
 # ----------------------------------------------------------------------------- model
 
 
@@ -183,7 +139,8 @@ def predict_prompts(
         feats = encode_images(sam, [resize_longest(image, MAX_SIDE)])  # what train.py sees
         # chunks bound the decoder's memory: every prompt gets its own copy of the features
         prompts = zip(torch.from_numpy(coords).split(batch), torch.from_numpy(labels).split(batch))
-        for c, lab in prompts:
+        bar = tqdm(prompts, "decode", -(-len(coords) // batch), **progress(len(coords)))
+        for c, lab in bar:
             idx = torch.zeros(len(c), dtype=torch.long, device=device)
             c, lab = c.to(device), lab.to(device)
             low_res, iou = decode(sam, feats, idx, sizes, c, lab, multimask=c.shape[1] == 1)
@@ -192,13 +149,21 @@ def predict_prompts(
     return torch.cat(logits), torch.cat(scores).numpy()
 
 
-def full_size_masks(logits: torch.Tensor, hw: tuple[int, int]) -> Iterator[torch.Tensor]:
-    """(M, h, w) low-res logits -> M (H, W) bool masks, upscaled bilinearly to the image's own
-    size before thresholding (as SAM 2's postprocess_masks), a few at a time: memory stays
-    bounded however large the image."""
+def full_size_masks(
+    logits: torch.Tensor, hw: tuple[int, int], order: np.ndarray | None = None
+) -> Iterator[torch.Tensor]:
+    """(M, h, w) low-res logits, taken in `order` (default: as given) -> (H, W) bool masks,
+    upscaled bilinearly to the image's own size before thresholding (as SAM 2's
+    postprocess_masks), a few at a time: memory stays bounded however large the image."""
+    order = torch.arange(len(logits)) if order is None else torch.as_tensor(order)
     step = max(1, UPSCALE_PIXELS // (hw[0] * hw[1]))
-    for chunk in logits.split(step):
-        yield from upscale_logits(chunk[:, None], hw)[:, 0] > 0
+    for chunk in order.split(step):
+        yield from upscale_logits(logits[chunk.to(logits.device)][:, None], hw)[:, 0] > 0
+
+
+def progress(n: int) -> dict:
+    """tqdm's options for a bar over n items: shown for long runs only, gone when done."""
+    return {"disable": n < PROGRESS_MIN, "leave": False, "dynamic_ncols": True}
 
 
 # ----------------------------------------------------------------------------- stitching
@@ -216,12 +181,14 @@ def stitch(
     hw: tuple[int, int],
     region: np.ndarray | None = None,
     overlap: float = 0.15,
+    ids: list | None = None,
 ) -> np.ndarray:
     """Merge masks, given best first, into one instance map.
 
     masks: (H, W) bool arrays or tensors, hw = (H, W); region (H, W) bool or None (everywhere).
     A mask (clipped to the region) is skipped when empty or when more than `overlap` of it is
     already taken; otherwise its free pixels get the next id. Runs on the masks' device.
+    `ids`, a list, gets each mask's id in turn (0: skipped).
     Returns (H, W) uint16, 0 = background, ids 1, 2, 3, ... in the masks' order.
     """
     labels = inside = None
@@ -237,18 +204,51 @@ def stitch(
         if inside is not None:
             m = m & inside
         area = int(m.sum())
-        if area == 0:
-            continue
         free = m & (labels == 0)
-        if area - int(free.sum()) > overlap * area:
+        if area == 0 or area - int(free.sum()) > overlap * area:
+            if ids is not None:
+                ids.append(0)
             continue
         if next_id > MAX_ID:
             raise ValueError(f"more than {MAX_ID} segments do not fit a uint16 label map")
         labels[free] = next_id
+        if ids is not None:
+            ids.append(next_id)
         next_id += 1
     if labels is None:
         return np.zeros(hw, np.uint16)
     return labels.cpu().numpy().astype(np.uint16)
+
+
+def stitch_recorded(
+    items: Iterable[tuple[int, float, np.ndarray | torch.Tensor]],
+    hw: tuple[int, int],
+    region: np.ndarray | None,
+    overlap: float,
+    records: list | None = None,
+) -> np.ndarray:
+    """stitch() over (prompt index, score, mask) items given best first. With `records` a list,
+    each mask with pixels in the region is appended to it as {"prompt", "score", "label" (its
+    id in the label map; 0 where overlap left it out), "segmentation" (COCO RLE, region-clipped:
+    the whole mask, however much of it the label map shows)}."""
+    found, ids = [], []
+    inside = None if region is None else torch.from_numpy(region)
+
+    def masks():
+        for prompt, score, m in items:
+            if records is not None:
+                clipped = torch.as_tensor(m, dtype=torch.bool)
+                if inside is not None:
+                    clipped = clipped & inside.to(clipped.device)
+                rle = encode_mask(clipped.cpu().numpy()) if clipped.any() else None
+                found.append((int(prompt), float(score), rle))
+            yield m
+
+    labels = stitch(masks(), hw, region, overlap, ids)
+    for (prompt, score, rle), label in zip(found, ids):
+        if rle is not None:
+            records.append({"prompt": prompt, "score": score, "label": label, "segmentation": rle})
+    return labels
 
 
 def checked_region(region: np.ndarray | None, hw: tuple[int, int]) -> np.ndarray | None:
@@ -276,29 +276,62 @@ def segment(
     min_score: float | None = None,
     batch_points: int = 64,
     boxes: np.ndarray | None = None,
+    records: list | None = None,
 ) -> np.ndarray:
     """Segment the objects of one image with a loaded SAM 2 (see load_model).
 
     image (H, W, 3) uint8 RGB; region (H, W) bool, the part to segment (None: all of it).
     Prompts: `points` random clicks in the region (seeded), or a `grid` x `grid` grid of clicks
     over the image kept where inside the region, or `boxes` (N, 4) x0, y0, x1, y1 in pixels
-    (clipped to the image). Masks scored under `min_score` are dropped.
+    (clipped to the image; more than MAX_PROMPTS are done that many at a time, in their
+    order). Masks scored under `min_score` are dropped. `records`, a list, gets one dict per
+    mask (see stitch_recorded; "prompt" indexes the points or `boxes`).
     Returns (H, W) uint16 label map, 0 = background.
     """
     hw = image.shape[:2]
     region = checked_region(region, hw)
     if boxes is not None:
-        boxes = clip_boxes(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), hw)
-        coords, labels = boxes.reshape(-1, 2, 2), np.tile([[2, 3]], (len(boxes), 1))
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        clipped, kept, dropped = clip_boxes(boxes, hw)
+        if dropped:
+            warnings.warn(
+                describe_dropped([("image", i, boxes[i].tolist(), why) for i, why in dropped]),
+                stacklevel=2,
+            )
+        coords, labels = clipped.reshape(-1, 2, 2), np.tile([[2, 3]], (len(clipped), 1))
+        prompt_ids = np.flatnonzero(kept)
     else:
         inside = region if region is not None else np.ones(hw, bool)
         pts = grid_points(inside, grid) if grid else random_points(inside, points, seed)
         coords, labels = pts[:, None], np.ones((len(pts), 1), np.int64)
-    if len(coords) == 0:
-        return np.zeros(hw, np.uint16)
-    logits, scores = predict_prompts(sam, image, coords.astype(np.float32), labels, batch_points)
-    order = torch.from_numpy(ranked(scores, min_score))
-    return stitch(full_size_masks(logits[order.to(logits.device)], hw), hw, region, overlap)
+        prompt_ids = np.arange(len(pts))
+
+    def masks():
+        for start in range(0, len(coords), MAX_PROMPTS):
+            part = slice(start, start + MAX_PROMPTS)
+            c, lab = coords[part].astype(np.float32), labels[part]
+            logits, scores = predict_prompts(sam, image, c, lab, batch_points)
+            order = ranked(scores, min_score)
+            for i, m in zip(order, full_size_masks(logits, hw, order)):
+                yield prompt_ids[start + i], scores[i], m
+
+    bar = tqdm(masks(), "stitch", len(coords), unit="mask", **progress(len(coords)))
+    return stitch_recorded(bar, hw, region, overlap, records)
+
+
+def auto_batch(hw: tuple[int, int], batch_points: int) -> int:
+    """Clicks per batch of SAM 2's mask generator on an (H, W) image: at most batch_points,
+    and few enough that the batch's full-size masks (3 per click) fit AUTO_BUDGET. A ValueError
+    where even one click's masks do not fit AUTO_MAX_PIXELS."""
+    pixels = hw[0] * hw[1]
+    if pixels > AUTO_MAX_PIXELS:
+        raise ValueError(
+            f"--auto on a {hw[1]}x{hw[0]} image: SAM 2's generator holds 3 full-size masks per "
+            f"click (~{3 * AUTO_BYTES * pixels / 2**30:.1f} GB here); it takes images up to "
+            f"{AUTO_MAX_PIXELS / 1e6:.0f} megapixels. Downscale it, or give prompts (--points, "
+            "--grid, --boxes): they upscale one mask at a time"
+        )
+    return max(1, min(batch_points, AUTO_BUDGET // (3 * AUTO_BYTES * pixels)))
 
 
 def segment_auto(
@@ -310,33 +343,49 @@ def segment_auto(
     stability: float = 0.95,
     overlap: float = 0.15,
     batch_points: int = 64,
+    records: list | None = None,
 ) -> np.ndarray:
     """Segment one image without prompts: SAM 2's own SAM2AutomaticMaskGenerator on `sam`
     (a points_per_side^2 grid of clicks; masks kept when their predicted IoU exceeds min_score
     and their stability score reaches `stability`; duplicates removed), stitched as segment().
+    Big images get fewer clicks per batch (auto_batch), so memory stays within AUTO_BUDGET.
 
-    image (H, W, 3) uint8 RGB; region (H, W) bool or None. Returns (H, W) uint16 label map.
+    image (H, W, 3) uint8 RGB; region (H, W) bool or None; records as in segment(), "prompt"
+    numbering the generator's masks. Returns (H, W) uint16 label map.
     """
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
     from sam2.utils.amg import rle_to_mask
 
     hw = image.shape[:2]
     region = checked_region(region, hw)
+    per_batch = auto_batch(hw, batch_points)
     with warnings.catch_warnings():  # as in load_model: sam2 scripts a helper
         warnings.filterwarnings("ignore", r"`torch.jit.script` is deprecated", FutureWarning)
         generator = SAM2AutomaticMaskGenerator(
             sam,
             points_per_side=points_per_side,
-            points_per_batch=batch_points,
+            points_per_batch=per_batch,
             pred_iou_thresh=min_score,
             stability_score_thresh=stability,
             output_mode="uncompressed_rle",  # one full-size mask in memory at a time
         )
+    # the generator says nothing while it works: count its clicks (its one private hook)
+    clicks = points_per_side**2
+    bar = tqdm(total=clicks, desc="--auto", unit="click", **progress(clicks))
+    process_batch = generator._process_batch
+
+    def counted(points, *args, **kwargs):
+        out = process_batch(points, *args, **kwargs)
+        bar.update(len(points))
+        return out
+
+    generator._process_batch = counted
     device = next(sam.parameters()).device
-    with torch.inference_mode(), autocast(device):
+    with bar, torch.inference_mode(), autocast(device):
         found = generator.generate(image)
-    order = ranked([f["predicted_iou"] for f in found])
-    return stitch((rle_to_mask(found[i]["segmentation"]) for i in order), hw, region, overlap)
+    scores = [f["predicted_iou"] for f in found]
+    items = ((i, scores[i], rle_to_mask(found[i]["segmentation"])) for i in ranked(scores))
+    return stitch_recorded(items, hw, region, overlap, records)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -397,8 +446,9 @@ def colorize(labels: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, color: np.ndarray, labels: np.ndarray, alpha=0.5) -> np.ndarray:
-    """Blend `color` over `image` (both (H, W, 3) uint8) where labels > 0."""
-    mix = (image * (1 - alpha) + color * alpha).astype(np.uint8)
+    """Blend `color` over `image` (both (H, W, 3) uint8) where labels > 0, in uint8: a float
+    blend of a 24 MP photo would take 1.7 GB."""
+    mix = cv2.addWeighted(image, 1 - alpha, color, alpha, 0)
     return np.where(labels[..., None] > 0, mix, image)
 
 
@@ -449,15 +499,16 @@ class Job:
     image: Path
     mask: Path | None = None
     gt: Path | None = None
-    boxes: np.ndarray | None = None  # (N, 4) x0, y0, x1, y1 from --boxes
+    boxes: Boxes | None = None  # from --boxes, as read (fractions of the size for YOLO txt)
 
 
-def load_job(job: Job, gt_labpics: bool = False):
+def load_job(job: Job, gt_labpics: bool = False, dropped: list | None = None):
     """Read a job's files -> image (H, W, 3) uint8, region (H, W) bool | None, gt | None and
-    its boxes clipped to the image | None."""
+    its boxes in pixels, clipped to the image, best detector score first | None. Boxes left
+    with no area are appended to `dropped` as (image name, place in the file, box, why)."""
     image = read_rgb(job.image)
     h, w = image.shape[:2]
-    region = gt = None
+    region = gt = boxes = None
     if job.mask is not None:
         region = read_label_map(job.mask) > 0
         if region.shape != (h, w):
@@ -474,7 +525,14 @@ def load_job(job: Job, gt_labpics: bool = False):
                 f"ground truth {job.gt} is {gt.shape[1]}x{gt.shape[0]} (WxH) but "
                 f"image {job.image} is {w}x{h}"
             )
-    boxes = None if job.boxes is None else clip_boxes(job.boxes, (h, w), job.image.name)
+    if job.boxes is not None:
+        boxes = job.boxes.in_pixels((h, w))
+        clipped, kept, why = clip_boxes(boxes.xyxy, (h, w))
+        if dropped is not None:
+            dropped += [(job.image.name, boxes.index[i], boxes.xyxy[i].tolist(), y) for i, y in why]
+        boxes = boxes.take(kept)
+        boxes.xyxy = clipped
+        boxes = boxes.take(np.argsort(-np.nan_to_num(boxes.score, nan=-np.inf), kind="stable"))
     return image, region, gt, boxes
 
 
@@ -487,39 +545,11 @@ def by_stem(folder: Path) -> dict[str, Path]:
     return found
 
 
-def match_boxes(table: dict, images: list[Path], source: str) -> list[np.ndarray]:
-    """Each image's boxes from read_boxes' table, matched by file name, else by stem."""
-    if None in table:
-        if len(images) > 1:
-            raise DataError(
-                f"--boxes {source} is one list of boxes, for one image; for a folder give "
-                '{"image name": [[x0, y0, x1, y1], ...]} or COCO-style detections'
-            )
-        return [table[None]]
-    keys = [next((k for k in (p.name, p.stem) if k in table), None) for p in images]
-    unknown = sorted(set(table) - set(keys))
-    if not any(keys):
-        raise DataError(
-            f"--boxes {source} has boxes for none of the images "
-            f"({', '.join(p.name for p in images[:3])}{', ...' if len(images) > 3 else ''}); "
-            f"it names {', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}"
-        )
-    if unknown and len(images) > 1:
-        print(
-            f"warning: --boxes {source} names {len(unknown)} image(s) not in the folder, "
-            f"ignored: {', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}",
-            file=sys.stderr,
-        )
-    for p, k in zip(images, keys):
-        if k is None:
-            print(f"note: no boxes for {p.name} in {source}: no segment", file=sys.stderr)
-    return [table[k] if k is not None else np.zeros((0, 4)) for k in keys]
-
-
-def find_jobs(args, parser) -> list[Job]:
-    """The images to segment, with their masks, ground truth and boxes; bad input ->
-    parser.error."""
+def find_jobs(args, parser, gt_ids: dict | None = None) -> list[Job]:
+    """The images to segment, with their masks, ground truth label maps and boxes (those
+    --conf and --classes keep, counted in one line); bad input -> parser.error."""
     src = Path(args.image)
+    png_gt = args.gt if gt_ids is None else None  # a COCO JSON scores the run as a whole
     if not src.exists():
         parser.error(f"image {src} does not exist")
     if not src.is_dir():
@@ -528,31 +558,37 @@ def find_jobs(args, parser) -> list[Job]:
         for what, path in (("mask", args.mask), ("ground truth", args.gt)):
             if path is not None and not Path(path).is_file():
                 parser.error(f"{what} {path} does not exist")
-        jobs = [
-            Job(src, Path(args.mask) if args.mask else None, Path(args.gt) if args.gt else None)
-        ]
+        jobs = [Job(src, Path(args.mask) if args.mask else None, Path(png_gt) if png_gt else None)]
     else:
-        jobs = find_folder_jobs(args, parser, src)
+        jobs = find_folder_jobs(args, parser, src, png_gt)
     if args.boxes is not None:
         try:
-            boxes = match_boxes(read_boxes(args.boxes), [j.image for j in jobs], args.boxes)
+            table = read_boxes(args.boxes)
+            found, notes = match_boxes(table, [j.image for j in jobs], args.boxes, gt_ids)
         except DataError as e:
             parser.error(str(e))
-        for job, b in zip(jobs, boxes):
-            job.boxes = b
+        low = other = 0
+        for job, boxes in zip(jobs, found):
+            job.boxes, n_low, n_other = select_boxes(boxes, args.conf, args.classes)
+            low, other = low + n_low, other + n_other
+        kept = sum(len(j.boxes) for j in jobs)
+        counts = [f"{kept + low + other} boxes for these images, {kept} kept"]
+        counts += [f"{low} scored under --conf {args.conf}"] * (low > 0)
+        counts += [f"{other} of other classes than --classes"] * (other > 0)
+        print(f"note: --boxes {args.boxes}: " + "; ".join(counts + notes), file=sys.stderr)
     return jobs
 
 
-def find_folder_jobs(args, parser, src: Path) -> list[Job]:
+def find_folder_jobs(args, parser, src: Path, png_gt: str | None) -> list[Job]:
     if args.mask is not None:
         parser.error("IMAGE is a folder: give its masks as --masks DIR, not MASK")
     images = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
     if not images:
         parser.error(f"no images ({', '.join(IMAGE_EXTS)}) in folder {src}")
     dirs = {}
-    for flag, value in (("--masks", args.masks), ("--gt", args.gt)):
+    for flag, value in (("--masks", args.masks), ("--gt", png_gt)):
         if value is not None and not Path(value).is_dir():
-            parser.error(f"{flag} {value} must be a folder when IMAGE is a folder")
+            parser.error(f"{flag} {value} must be a folder (or a COCO .json) when IMAGE is one")
         dirs[flag] = by_stem(Path(value)) if value is not None else None
     stems = [p.stem for p in images]
     for stem in {s for s in stems if stems.count(s) > 1}:
@@ -570,7 +606,7 @@ def find_folder_jobs(args, parser, src: Path) -> list[Job]:
             )
         gt = dirs["--gt"].get(p.stem) if dirs["--gt"] is not None else None
         if dirs["--gt"] is not None and gt is None:
-            print(f"note: no ground truth for {p.name} in {args.gt}: not scored", file=sys.stderr)
+            print(f"note: no ground truth for {p.name} in {png_gt}: not scored", file=sys.stderr)
         jobs.append(Job(p, mask, gt))
     return jobs
 
@@ -598,12 +634,10 @@ def pick_model(args, parser) -> str:
     return args.model or stored or "small"
 
 
-def segmenter(
-    sam, args
-) -> Callable[[np.ndarray, np.ndarray | None, np.ndarray | None], np.ndarray]:
-    """(image, region, boxes) -> labels, as the command line asks."""
+def segmenter(sam, args) -> Callable[..., np.ndarray]:
+    """(image, region, boxes, records) -> labels, as the command line asks."""
     if args.auto:
-        return lambda image, region, boxes: segment_auto(
+        return lambda image, region, boxes, records: segment_auto(
             sam,
             image,
             region,
@@ -612,8 +646,9 @@ def segmenter(
             stability=args.stability,
             overlap=args.overlap,
             batch_points=args.batch_points,
+            records=records,
         )
-    return lambda image, region, boxes: segment(
+    return lambda image, region, boxes, records: segment(
         sam,
         image,
         region,
@@ -623,7 +658,8 @@ def segmenter(
         overlap=args.overlap,
         min_score=args.min_score,
         batch_points=args.batch_points,
-        boxes=boxes,
+        boxes=None if boxes is None else boxes.xyxy,
+        records=records,
     )
 
 
@@ -640,11 +676,16 @@ def prefetch(load, items: list, depth: int = 2):
             yield item, fut
 
 
-def positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
+def bounded_int(low: int, high: int, why: str = "") -> Callable[[str], int]:
+    """An argparse type: an int from low to high (`why` says what a larger one costs)."""
+
+    def parse(s: str) -> int:
+        v = int(s)
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {v}{why}")
+        return v
+
+    return parse
 
 
 def fraction(s: str) -> float:
@@ -665,8 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", help="folder mode: region masks matched to images by file stem")
     p.add_argument(
         "--gt",
-        help="ground-truth label PNG to score against (ids, or one colour per instance); "
-        "a folder matched by stem in folder mode",
+        help="ground truth to score against: a label PNG (ids, or one colour per instance; a "
+        "folder matched by stem in folder mode), or a COCO instances JSON (COCOeval segm AP; "
+        "its image ids also place --boxes' numeric image ids)",
     )
     p.add_argument(
         "--gt-labpics",
@@ -688,7 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.add_argument(
         "--boxes",
         help="box prompts, one mask each, instead of clicks: a JSON file of [[x0, y0, x1, y1], "
-        '...] (one image), {"image name": boxes}, or COCO-style detections (bbox x, y, w, h)',
+        '...] (one image), {"image name": boxes}, COCO-style detections (Ultralytics\' '
+        "predictions.json, detectron2's coco_instances_results.json), or YOLO txt labels "
+        "(a file, or a folder of them)",
     )
     prompts.add_argument(
         "--auto",
@@ -697,12 +741,29 @@ def build_parser() -> argparse.ArgumentParser:
         "masks scored above --min-score (default 0.8) and as stable as --stability",
     )
     p.add_argument(
-        "--points", type=positive_int, default=30, help="random clicks inside the region per image"
+        "--conf",
+        type=fraction,
+        default=0.25,
+        help="--boxes: keep detections scored at least this (default 0.25, as yolo predict; "
+        "boxes without a score are kept)",
+    )
+    p.add_argument(
+        "--classes",
+        type=int,
+        nargs="+",
+        help="--boxes: keep only detections of these category ids (as the file writes them)",
+    )
+    p.add_argument(
+        "--points",
+        type=bounded_int(1, MAX_PROMPTS, " (each is a decoder pass and a full-size mask)"),
+        default=30,
+        help=f"random clicks inside the region per image (default 30, at most {MAX_PROMPTS})",
     )
     p.add_argument(
         "--grid",
-        type=positive_int,
-        help="click a regular KxK grid over the image instead (points outside the region dropped)",
+        type=bounded_int(1, 64, f" (K x K clicks: at most {MAX_PROMPTS})"),
+        help="click a regular KxK grid over the image instead (points outside the region "
+        "dropped; K at most 64)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random points and colours")
     p.add_argument(
@@ -720,11 +781,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch-points",
-        type=positive_int,
+        type=bounded_int(1, MAX_BATCH, " (each prompt holds a ~16 MB copy of the features)"),
         default=64,
-        help="prompts per decoder call (lower it if memory runs out)",
+        help=f"prompts per decoder call (default 64, at most {MAX_BATCH}; lower it if memory "
+        "runs out)",
     )
-    p.add_argument("--out", default="out", help="output folder")
+    p.add_argument(
+        "--out", default="out", help="output folder: label PNGs and coco_results.json (out)"
+    )
     p.add_argument("--show", action="store_true", help="show each result in a matplotlib window")
     return p
 
@@ -734,14 +798,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.boxes is not None and args.grid is not None:
         parser.error("--boxes and --grid are two kinds of prompt: give one")
+    if args.classes is not None and args.boxes is None:
+        parser.error("--classes picks among --boxes' detections: give --boxes")
     plain_warnings()
-    jobs = find_jobs(args, parser)
+    coco = gt_ids = None
+    if args.gt is not None and Path(args.gt).suffix.lower() == ".json":
+        try:
+            coco, gt_ids = load_coco(args.gt)
+        except DataError as e:
+            parser.error(str(e))
+    jobs = find_jobs(args, parser, gt_ids)
     out = check_writable(Path(args.out), parser)
     folder = Path(args.image).is_dir()
-    first = None
+    first, dropped = None, []
     if not folder:  # one image: bad input is a usage error, reported before loading a model
         try:
-            first = load_job(jobs[0], args.gt_labpics)
+            first = load_job(jobs[0], args.gt_labpics, dropped)
         except (DataError, ValueError) as e:
             parser.error(str(e))
     name = pick_model(args, parser)
@@ -752,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
 
     run = segmenter(sam, args)
-    failed, written, scores = [], [], []
+    failed, written, scores, results, done = [], [], [], [], []
     writes: deque[tuple[Job, Future]] = deque()
 
     def finish(job: Job, fut: Future):
@@ -762,26 +834,30 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(job)
             tqdm.write(f"warning: {job.image}: {e}", file=sys.stderr)
 
-    load = partial(load_job, gt_labpics=args.gt_labpics) if first is None else lambda job: first
+    load = partial(load_job, gt_labpics=args.gt_labpics, dropped=dropped)
+    load = load if first is None else lambda job: first
     with ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
         bar = tqdm(prefetch(load, jobs), total=len(jobs), unit="img", disable=not folder)
         for job, fut in bar:
+            records = []
             try:
                 image, region, gt, boxes = fut.result()
-                labels = run(image, region, boxes)
+                labels = run(image, region, boxes, records)
             except (DataError, ValueError, OSError, RuntimeError) as e:
                 failed.append(job)
                 tqdm.write(f"warning: skipped {job.image}: {e}", file=sys.stderr)
                 continue
+            if not labels.any():
+                hint = " (lower --min-score or --stability)" if args.auto else ""
+                tqdm.write(f"note: {job.image.name}: no segment found{hint}", file=sys.stderr)
+            results += coco_entries(job.image.name, records, boxes, gt_ids)
+            done.append(job.image.name)
             # PNG encoding runs beside the next image's model work; a few pending at most
             writes.append(
                 (job, writer.submit(save_outputs, out, job.image.stem, image, labels, args.seed))
             )
             while len(writes) > 2:
                 finish(*writes.popleft())
-            if not labels.any():
-                hint = " (lower --min-score or --stability)" if args.auto else ""
-                tqdm.write(f"note: {job.image.name}: no segment found{hint}", file=sys.stderr)
             if gt is not None:
                 s = score_labels(labels, gt, region)
                 scores.append(s)
@@ -791,6 +867,8 @@ def main(argv: list[str] | None = None) -> int:
         while writes:
             finish(*writes.popleft())
 
+    if dropped:
+        print(f"warning: {describe_dropped(dropped)}", file=sys.stderr)
     if folder and scores:
         ok = [s for s in scores if s["n_gt"] > 0]
         if ok:
@@ -802,8 +880,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(failed) == len(jobs):
         print(f"error: no image could be segmented ({len(failed)} failed)", file=sys.stderr)
         return 1
+    files = [write_json(out / "coco_results.json", results)]
+    if coco is not None:
+        by_class = args.boxes is not None and all(
+            np.isfinite(j.boxes.category).all() for j in jobs if j.boxes is not None
+        )
+        files += [evaluate_coco(coco, gt_ids, results, done, by_class, out)]
+    n_files = 3 * len(written) + sum(f is not None for f in files)
     print(
-        f"wrote {3 * len(written)} files for {len(written)} image(s) to {out}"
+        f"wrote {n_files} files for {len(written)} image(s) to {out}"
         + (f"; {len(failed)} failed" if failed else "")
     )
     return 0

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 
 import infer
 from infer import (
@@ -19,7 +20,6 @@ from infer import (
     grid_points,
     random_points,
     ranked,
-    read_boxes,
     score_labels,
     segment,
     segment_auto,
@@ -222,6 +222,17 @@ def fake_prompts(calls):
     return predict
 
 
+def box_prompts(sam, image, coords, labels, batch=64):
+    """A stand-in for predict_prompts whose mask is the prompt's box (logits: the signed
+    distance to the box's edge, in low-res cells), scored from 0.9 down."""
+    h, w = image.shape[:2]
+    yy, xx = np.mgrid[:256, :256] + 0.5
+    c = coords * [256 / w, 256 / h]  # (M, 2, 2): the corners in low-res cells
+    x0, y0, x1, y1 = (c[:, i // 2, i % 2, None, None] for i in range(4))
+    inside = np.minimum.reduce([xx - x0, x1 - xx, yy - y0, y1 - yy])
+    return torch.from_numpy(inside.astype(np.float32)), np.linspace(0.9, 0.5, len(coords))
+
+
 def test_segment_sizes_region_and_grid(monkeypatch):
     calls = []
     monkeypatch.setattr(infer, "predict_prompts", fake_prompts(calls))
@@ -313,91 +324,79 @@ def write_json(path, obj):
     return path
 
 
-def test_read_boxes_formats(tmp_path):
-    plain = read_boxes(write_json(tmp_path / "a.json", [[1, 2, 30, 40], [5, 5, 9, 9]]))
-    assert list(plain) == [None] and plain[None].shape == (2, 4)
-    assert read_boxes(write_json(tmp_path / "e.json", []))[None].shape == (0, 4)
-
-    by_name = read_boxes(write_json(tmp_path / "b.json", {"x/a.jpg": [[1, 2, 3, 4]], "b": []}))
-    assert set(by_name) == {"a.jpg", "b"} and by_name["b"].shape == (0, 4)
-
-    dets = [
-        {"file_name": "a.jpg", "bbox": [10, 20, 30, 40], "score": 0.9},
-        {"image_id": "b", "bbox": [0, 0, 5, 5], "category_id": 1},
-        {"file_name": "a.jpg", "bbox": [1, 1, 1, 1]},
-    ]
-    table = read_boxes(write_json(tmp_path / "c.json", dets))
-    assert table["a.jpg"].tolist() == [[10, 20, 40, 60], [1, 1, 2, 2]]  # xywh -> xyxy
-    assert table["b"].tolist() == [[0, 0, 5, 5]]
-
-    coco = {
-        "images": [{"id": 7, "file_name": "imgs/c.png"}],
-        "annotations": [
-            {"image_id": 7, "bbox": [2, 3, 4, 5]},
-            {"image_id": 9, "bbox": [0, 0, 1, 1]},
-        ],
-    }
-    table = read_boxes(write_json(tmp_path / "d.json", coco))
-    assert table["c.png"].tolist() == [[2, 3, 6, 8]] and table["9"].tolist() == [[0, 0, 1, 1]]
-
-
-@pytest.mark.parametrize(
-    "content, expect",
-    [
-        (None, "cannot read"),
-        ("{not json", "not valid JSON"),
-        ("[[1, 2, 3]]", "x0, y0, x1, y1"),
-        ('[[1, 2, "a", 4]]', "x0, y0, x1, y1"),
-        ('{"a.jpg": [1, 2, 3, 4]}', "image 'a.jpg'"),
-        ('[{"file_name": "a.jpg"}]', "detection 0 lacks"),
-        ('[{"file_name": "a.jpg", "bbox": [1, 2]}]', "detection 0"),
-        ("3", "expected a JSON list"),
-    ],
-)
-def test_read_boxes_bad_file(tmp_path, content, expect):
-    path = tmp_path / "boxes.json"
-    if content is not None:
-        path.write_text(content)
-    with pytest.raises(infer.DataError, match=expect) as e:
-        read_boxes(path)
-    assert "boxes.json" in str(e.value)
-
-
-def test_clip_boxes_warns_and_skips_degenerate():
-    boxes = np.array([[-5, -5, 20, 20], [50, 10, 40, 30], [200, 0, 300, 10], [5, 5, 5, 9]])
-    with pytest.warns(UserWarning) as rec:
-        kept = infer.clip_boxes(np.vstack([boxes, [[np.nan, 0, 1, 1]]]), (40, 100), "p.jpg")
-    assert kept.tolist() == [[0, 0, 20, 20]]
-    text = " ".join(str(w.message) for w in rec)
-    assert all(f"box {i}" in text for i in (1, 2, 3, 4)) and "p.jpg" in text and "100x40" in text
-
-
 def test_segment_boxes_one_mask_each(monkeypatch):
     calls = []
     monkeypatch.setattr(infer, "predict_prompts", fake_prompts(calls))
     image = np.zeros((100, 200, 3), np.uint8)
-    boxes = np.array([[10, 10, 60, 60], [150, 50, 250, 150], [80, 80, 80, 90]], np.float64)
-    with pytest.warns(UserWarning, match="box 2"):
-        labels = segment(None, image, boxes=boxes, points=99, grid=None)
+    boxes = [[10, 10, 60, 60], [90, 90, 70, 95], [150, 50, 250, 150], [80, 80, 80, 90]]
+    records = []
+    with pytest.warns(UserWarning) as rec:
+        labels = segment(None, image, boxes=boxes, points=99, grid=None, records=records)
+    (warning,) = rec  # one line for all the boxes dropped, each named with its reason
+    assert "skipped 2 boxes: 1 inverted (x1 < x0 or y1 < y0): image box 1" in str(warning.message)
+    assert "1 with no area inside their image: image box 3" in str(warning.message)
     ((_, coords, lab),) = calls
     assert coords.tolist() == [[[10, 10], [60, 60]], [[150, 50], [200, 100]]]  # clipped
     assert lab.tolist() == [[2, 3], [2, 3]]
     assert labels.max() == 2
+    # a record per mask: which box it came from, SAM's score, its id in the label map
+    assert [(r["prompt"], r["label"]) for r in records] == [(0, 1), (2, 2)]
+    for r in records:
+        assert np.array_equal(mask_utils.decode(r["segmentation"]) > 0, labels == r["label"])
     calls.clear()
     assert not segment(None, image, boxes=np.zeros((0, 4))).any() and not calls
+
+
+def test_segment_many_prompts_in_parts_with_progress(monkeypatch, capsys):
+    """Prompts past MAX_PROMPTS are decoded that many at a time (low-res logits held: one
+    part's), and a long run shows progress bars."""
+    calls = []
+    monkeypatch.setattr(infer, "predict_prompts", fake_prompts(calls))
+    monkeypatch.setattr(infer, "PROGRESS_MIN", 3)
+    image = np.zeros((60, 90, 3), np.uint8)
+    boxes = [[x, 5, x + 8, 20] for x in range(0, 80, 16)]  # 5 boxes, apart
+    records = []
+    whole = segment(None, image, boxes=boxes, records=records)
+    assert "stitch" in capsys.readouterr().err
+    monkeypatch.setattr(infer, "MAX_PROMPTS", 2)
+    parts, calls[:] = [], []
+    assert np.array_equal(segment(None, image, boxes=boxes, records=parts), whole)
+    assert [len(c) for _, c, _ in calls] == [2, 2, 1]
+    prompts = sorted(r["prompt"] for r in parts)
+    assert prompts == sorted(r["prompt"] for r in records) == [0, 1, 2, 3, 4]
 
 
 # ----------------------------------------------------------------------------- prompt-free
 
 
-def test_segment_auto_with_tiny_model(tiny_model):
+def test_segment_auto_with_tiny_model(tiny_model, monkeypatch, capsys):
+    """SAM 2's generator on the tiny model, its clicks in batches sized to the memory budget
+    (here 2 of the 9), with a progress bar and a record per mask."""
+    monkeypatch.setattr(infer, "AUTO_BUDGET", 2 * 3 * infer.AUTO_BYTES * 64 * 80)
+    monkeypatch.setattr(infer, "PROGRESS_MIN", 9)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
     region = box((64, 80), 0, 64, 0, 40)
-    labels = segment_auto(tiny_model, image, region, points_per_side=3, min_score=0, stability=0)
+    records = []
+    labels = segment_auto(
+        tiny_model, image, region, points_per_side=3, min_score=0, stability=0, records=records
+    )
     assert labels.shape == (64, 80) and labels.dtype == np.uint16
     assert labels.max() >= 1 and (labels[~region] == 0).all()
     assert list(np.unique(labels)) == list(range(labels.max() + 1))
+    assert "9/9" in capsys.readouterr().err  # every click counted, 2 at a time
+    assert {r["label"] for r in records} >= set(range(1, labels.max() + 1))
+    for r in records:
+        mask = mask_utils.decode(r["segmentation"]) > 0
+        assert not mask[~region].any() and (mask[labels == r["label"]]).all()
+
+
+def test_auto_batch_fits_big_images():
+    assert infer.auto_batch((64, 80), 64) == 64
+    assert infer.auto_batch((4000, 6000), 64) == 1  # 3 masks of 24 MP: ~0.8 GB a click
+    assert infer.auto_batch((1000, 1500), 64) == 29  # 1.5 GiB / (3 masks x 12 B x 1.5 MP)
+    with pytest.raises(ValueError, match=r"20000x10000 image.*up to 100 megapixels"):
+        infer.auto_batch((10000, 20000), 64)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -445,8 +444,10 @@ def run_main(args, capsys):
     return rc, out.out, out.err
 
 
-def test_folder_mode_gray_rgba_and_a_corrupt_file(tmp_path, shared_model, capsys):
+def test_folder_mode_gray_rgba_and_a_corrupt_file(tmp_path, shared_model, monkeypatch, capsys):
     import matplotlib
+
+    monkeypatch.setattr(infer, "predict_prompts", fake_prompts([]))  # the model: tested above
 
     matplotlib.use("Agg")  # --show must not block, even where a display exists
     rng = np.random.default_rng(0)
@@ -533,9 +534,10 @@ def test_real_cli_single_image_with_gt(tmp_path):
     assert (labels[~region] == 0).all()
 
 
-def test_cli_colour_gt_and_labpics_gt(tmp_path, shared_model, capsys):
+def test_cli_colour_gt_and_labpics_gt(tmp_path, shared_model, monkeypatch, capsys):
     """Issue 9 item 6: a colour-coded ground truth is one instance per colour; LabPics PNGs
     merge their channels only with --gt-labpics."""
+    monkeypatch.setattr(infer, "predict_prompts", fake_prompts([]))
     image = write(tmp_path / "img.png", np.zeros((40, 60, 3), np.uint8))
     gt = np.zeros((40, 60, 3), np.uint8)
     for i, bgr in enumerate([(0, 0, 255), (0, 255, 0), (0, 255, 255), (255, 0, 0)]):  # R G Y B
@@ -551,36 +553,110 @@ def test_cli_colour_gt_and_labpics_gt(tmp_path, shared_model, capsys):
     assert len(np.unique(infer.load_job(job, gt_labpics=True)[2])) == 1 + 3
 
 
-def test_cli_boxes_folder_mode(tmp_path, shared_model, capsys):
+def test_cli_boxes_folder_mode(tmp_path, shared_model, monkeypatch, capsys):
+    monkeypatch.setattr(infer, "predict_prompts", box_prompts)  # masks = boxes: traceable
     rng = np.random.default_rng(4)
     for name in ("a.jpg", "b.png", "c.png"):
         write(tmp_path / "in" / name, rng.integers(0, 256, (60, 90, 3), dtype=np.uint8))
     dets = {
         "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.png"}],
         "annotations": [
-            {"image_id": 1, "bbox": [5, 5, 40, 30]},
+            {"image_id": 1, "bbox": [5, 5, 40, 30], "score": 0.9},
             {"image_id": 1, "bbox": [50, 10, 80, 80]},  # runs off the image: clipped
-            {"image_id": 2, "bbox": [100, 100, 10, 10]},  # outside: skipped with a warning
+            {"image_id": 2, "bbox": [100, 100, 10, 10]},  # outside: skipped, said once
+            {"image_id": 2, "bbox": [30, 20, -10, 10]},  # inverted: said as such
+            {"image_id": 1, "bbox": [0, 0, 5, 5], "score": 0.1},  # under --conf 0.25
             {"image_id": 3, "bbox": [0, 0, 5, 5]},  # an image not in the folder
         ],
     }
     boxes = write_json(tmp_path / "dets.json", dets)
-    with pytest.warns(UserWarning, match="b.png: skipped box 0"):
-        rc, stdout, stderr = run_main(
-            [tmp_path / "in", "--boxes", boxes, "--out", tmp_path / "o"], capsys
-        )
+    rc, stdout, stderr = run_main(
+        [tmp_path / "in", "--boxes", boxes, "--out", tmp_path / "o"], capsys
+    )
     assert rc == 0, stderr
-    assert "names 1 image(s) not in the folder, ignored: 3" in stderr
-    assert "no boxes for c.png" in stderr
-    assert "b.png: no segment found" in stderr
-    assert 1 <= read(tmp_path / "o" / "a_labels.png").max() <= 2
-    assert read(tmp_path / "o" / "b_labels.png").max() == 0
-    assert "wrote 9 files for 3 image(s)" in stdout
+    assert (
+        f"note: --boxes {boxes}: 5 boxes for these images, 4 kept; 1 scored under --conf 0.25; "
+        "1 boxes of 1 images not here (3) ignored; 1 images without boxes (c.png)"
+    ) in stderr
+    assert "warning: skipped 2 boxes: 1 with no area inside their image: b.png box 2" in stderr
+    assert "1 inverted (x1 < x0 or y1 < y0): b.png box 3 [30.0, 20.0, 20.0, 30.0]" in stderr
+    assert stderr.count("skipped") == 1 and "b.png: no segment found" in stderr
+    labels = read(tmp_path / "o" / "a_labels.png")
+    assert labels.max() == 2 and read(tmp_path / "o" / "b_labels.png").max() == 0
+    assert "wrote 10 files for 3 image(s)" in stdout  # 3 PNGs each and coco_results.json
+
+    results = json.loads((tmp_path / "o" / "coco_results.json").read_text())
+    assert {r["image_id"] for r in results} == {"a"} and len(results) == 2
+    by_detection = {r["detection"]: r for r in results}  # each box's place in dets.json
+    assert set(by_detection) == {0, 1}
+    assert by_detection[0]["score"] == 0.9  # the detector's score; SAM's alongside
+    assert by_detection[1]["score"] == by_detection[1]["sam_score"]  # none given: SAM's
+    for r in results:  # the label PNG's ids lead to their detections
+        assert np.array_equal(mask_utils.decode(r["segmentation"]) > 0, labels == r["label"])
+    assert by_detection[1]["bbox"] == [50, 10, 40, 50]  # the box [50, 10, 80, 80], clipped
 
     rc, _, stderr = run_main(
         [tmp_path / "in", "--boxes", write_json(tmp_path / "l.json", [[1, 2, 3, 4]])], capsys
     )
     assert rc == 2 and "one list of boxes, for one image" in stderr
+
+
+def test_cli_detector_files_and_coco_ap(tmp_path, shared_model, monkeypatch, capsys):
+    """Ultralytics' predictions.json (numeric stems as int ids) and --save-txt labels, as their
+    writers write them, with the dataset's COCO JSON as --gt: boxes reach their images, --conf
+    and --classes apply, and COCOeval's segm AP is printed and saved."""
+    monkeypatch.setattr(infer, "predict_prompts", box_prompts)
+    h, w = 80, 120
+    gt = {"images": [], "annotations": [], "categories": [{"id": 1}, {"id": 2}]}
+    preds, txt = [], {}
+    objects = {139: [(10, 10, 50, 40, 1), (60, 30, 110, 75, 2)], 285: [(20, 5, 90, 60, 1)]}
+    for image_id, objs in objects.items():
+        name = f"{image_id:012d}.jpg"  # as COCO names its files
+        write(tmp_path / "val" / name, np.zeros((h, w, 3), np.uint8))
+        gt["images"].append({"id": image_id, "file_name": name, "height": h, "width": w})
+        for x0, y0, x1, y1, cat in objs:
+            xywh = [x0, y0, x1 - x0, y1 - y0]
+            ann = {"image_id": image_id, "category_id": cat, "bbox": xywh, "iscrowd": 0}
+            ann["segmentation"] = [[x0, y0, x1, y0, x1, y1, x0, y1]]  # a polygon
+            ann |= {"id": len(gt["annotations"]) + 1, "area": xywh[2] * xywh[3]}
+            gt["annotations"].append(ann)
+            preds.append({"image_id": image_id, "category_id": cat, "bbox": xywh, "score": 0.8})
+            line = (cat - 1, (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, xywh[2] / w, xywh[3] / h, 0.8)
+            txt.setdefault(name[:-4], []).append(("%g " * 6).rstrip() % line)  # save_txt's
+    preds.append({"image_id": 139, "category_id": 1, "bbox": [0, 0, 30, 30], "score": 0.004})
+    preds.append({"image_id": 285, "category_id": 3, "bbox": [0, 0, 30, 30], "score": 0.9})
+    write(tmp_path / "val" / "extra.jpg", np.zeros((h, w, 3), np.uint8))  # not in the JSON
+    gt_json = write_json(tmp_path / "gt.json", gt)
+    pred_json = write_json(tmp_path / "predictions.json", preds)
+
+    args = [tmp_path / "val", "--boxes", pred_json, "--gt", gt_json, "--classes", 1, 2]
+    rc, stdout, stderr = run_main([*args, "--out", tmp_path / "o"], capsys)
+    assert rc == 0, stderr
+    assert "5 boxes for these images, 3 kept; 1 scored under --conf 0.25; 1 of other" in stderr
+    assert "1 images without boxes (extra.jpg)" in stderr
+    assert "note: 1 images are not in --gt: not scored" in stderr
+    assert "COCO segm AP" in stdout and "over 2 images (per category)" in stdout
+    stats = json.loads((tmp_path / "o" / "coco_eval.json").read_text())
+    assert stats["AP50"] == 1.0 and stats["AP"] > 0.5 and stats["use_categories"]
+    results = json.loads((tmp_path / "o" / "coco_results.json").read_text())
+    found = sorted((r["image_id"], r["category_id"]) for r in results)
+    assert found == [(139, 1), (139, 2), (285, 1)]
+
+    for stem, lines in txt.items():  # yolo predict --save-txt --save-conf: classes from 0
+        (tmp_path / "labels").mkdir(exist_ok=True)
+        (tmp_path / "labels" / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+    args = [tmp_path / "val", "--boxes", tmp_path / "labels", "--gt", gt_json, "--conf", 0.9]
+    rc, stdout, stderr = run_main([*args, "--out", tmp_path / "o2"], capsys)
+    assert rc == 0 and "3 boxes for these images, 0 kept; 3 scored under --conf 0.9" in stderr
+    rc, stdout, stderr = run_main([*args[:-2], "--out", tmp_path / "o2"], capsys)
+    assert rc == 0 and "3 boxes for these images, 3 kept" in stderr
+    results = json.loads((tmp_path / "o2" / "coco_results.json").read_text())
+    found = sorted((r["image_id"], r["category_id"]) for r in results)
+    assert found == [(139, 0), (139, 1), (285, 0)]
+    assert "warning: --boxes has categories [0]" in stderr  # 0-based classes vs the JSON's ids
+    args = [tmp_path / "val", "--boxes", gt_json, "--gt", gt_json, "--out", tmp_path / "o3"]
+    rc, stdout, stderr = run_main(args, capsys)
+    assert rc == 0 and "AP50 1.000" in stdout  # masks from the ground truth's own boxes
 
 
 def test_cli_auto_with_gt_and_an_empty_image(tmp_path, shared_model, capsys):
@@ -635,6 +711,12 @@ def files(tmp_path):
         ("boxes and grid", ["{image}", "--boxes", "{other_boxes}", "--grid", "4"], "--grid"),
         ("boxes and auto", ["{image}", "--boxes", "{other_boxes}", "--auto"], "--auto"),
         ("stability > 1", ["{image}", "--auto", "--stability", "2"], "--stability"),
+        ("points > 4096", ["{image}", "--points", "5000"], "from 1 to 4096"),
+        ("grid > 64", ["{image}", "--grid", "65"], "K x K clicks"),
+        ("batch > 256", ["{image}", "--batch-points", "1000"], "copy of the features"),
+        ("classes, no boxes", ["{image}", "--classes", "1"], "--classes picks among --boxes"),
+        ("conf > 1", ["{image}", "--boxes", "{other_boxes}", "--conf", "2"], "--conf"),
+        ("gt json not COCO", ["{image}", "--gt", "{bad_json}"], "not a readable COCO"),
     ],
 )
 def test_cli_bad_input(case, args, expect, tmp_path, files, no_model, capsys):
@@ -706,6 +788,8 @@ def test_parser_help_mentions_every_flag():
         "--boxes",
         "--auto",
         "--stability",
+        "--conf",
+        "--classes",
     ):
         assert flag in text
     assert isinstance(infer.build_parser(), argparse.ArgumentParser)
