@@ -728,6 +728,9 @@ def write_part(obj, path: Path) -> Path:
     (removed again if writing fails). os.replace(part, path) then puts it in place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
     try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from the group
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -889,6 +892,8 @@ class StopSignals:
         again, self.signum = self.signum != 0, self.signum or signum
         if not self.raised and (not self.deferred or (again and signum == signal.SIGINT)):
             self.raised = True  # later signals must not interrupt the way out
+            if self.rank == 0:
+                os.write(2, b"\n")  # end a progress bar's line: the message comes on its own
             raise Stopped(signum, at_once=again)
         if self.deferred and not again and self.rank == 0:  # os.write: print is not reentrant
             name = signal.Signals(signum).name

@@ -198,7 +198,7 @@ def test_resume_refuses_what_changes_the_training(demo, base_run):
     assert "--recipe: article in the checkpoint, interactive now" in msg
     assert "--clicks: 7 in the checkpoint, 2 now" in msg
     assert "--max-masks: 3 in the checkpoint, 5 now" in msg
-    assert "give its values (--recipe article, --clicks 7, --max-masks 3)" in msg
+    assert "give its values (--max-masks 3, --recipe article, --clicks 7)" in msg
     assert "new run with another --out" in msg and "--steps" not in msg
     with pytest.raises(SystemExit, match=r"--seed: 0 in the checkpoint, 1 now"):
         train.main([*argv, "--seed", "1", "--train-encoder"])
