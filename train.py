@@ -181,7 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--checkpoint", help="base weights file, 'none' = random init; default: official weights"
     )
-    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt (flags that change the training must match it)",
+    )
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument("--seed", type=int, help="seed of data order, clicks and init")
     g = p.add_argument_group("advanced")

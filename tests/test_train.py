@@ -500,52 +500,6 @@ def test_missing_data_and_bad_checkpoint(tmp_path, demo, capsys):
         )
 
 
-def test_sigkill_then_resume(demo, tmp_path):
-    """A run killed with SIGKILL mid-run resumes from its last checkpoint and finishes."""
-    out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "--data",
-        str(demo),
-        "--out",
-        str(out),
-        "--save-every",
-        "1",
-        "--eval-every",
-        "0",
-        *FAST,
-    ]
-    proc = subprocess.Popen(
-        [*cmd, "--steps", "50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 240
-
-    def saved_step():
-        path = out / "checkpoint.pt"
-        return torch.load(path, weights_only=True)["step"] if path.exists() else -1
-
-    while saved_step() < 1 and time.time() < deadline:
-        time.sleep(1)
-    # a second run on the same folder refuses at once, naming the live one
-    other = subprocess.run([*cmd, "--steps", "50", "--resume"], capture_output=True, text=True)
-    assert other.returncode != 0 and f"in use by another train.py (pid {proc.pid})" in other.stderr
-    time.sleep(1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
-    assert 1 <= step < 50
-    (out / "model.pt.x1y2.part").write_bytes(b"half a file")  # as a kill mid-save leaves
-    res = subprocess.run(
-        [*cmd, "--steps", str(step + 2), "--resume"], capture_output=True, text=True, timeout=300
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert f"resuming {out / 'checkpoint.pt'} at step {step}" in res.stderr
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == step + 2
-    assert not list(out.glob("*.part")) and "removing" in res.stderr  # the stale lock did not block
-
-
 def logged_step(out: Path) -> int:
     """The last step in OUT/log.csv (-1 if none yet)."""
     try:
@@ -563,9 +517,14 @@ def wait_until(proc: subprocess.Popen, ready, what: str, timeout: float = 300) -
         time.sleep(0.05)
 
 
-def start(args: list[str], err: Path) -> subprocess.Popen:
-    cmd = [sys.executable, str(ROOT / "train.py"), *args]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "w"))
+def start(args: list[str], err: Path, torchrun_port: int = 0) -> subprocess.Popen:
+    """train.py ARGS (under torchrun with 2 processes if a port is given), stderr to `err`."""
+    if torchrun_port:
+        cmd, env = torchrun_cmd(args, torchrun_port), TORCHRUN_ENV
+    else:
+        cmd, env = [sys.executable, str(ROOT / "train.py"), *args], None
+    with open(err, "w") as f:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, env=env)
 
 
 def stop_line(err: Path) -> str:
@@ -574,13 +533,57 @@ def stop_line(err: Path) -> str:
     return text.rstrip().rsplit("\n", 1)[-1]
 
 
+def test_sigkill_then_resume(demo, tmp_path, capsys):
+    """A run killed with SIGKILL mid-run (as when a scheduler's grace time runs out) resumes
+    from its last checkpoint and finishes; while it ran, a second run on its folder refused at
+    once, naming it."""
+    out = tmp_path / "run"
+    args = ["--data", str(demo), "--out", str(out), "--save-every", "1", "--eval-every", "0"]
+    args += FAST
+    proc = start([*args, "--steps", "50"], tmp_path / "err.txt")
+    try:
+        wait_until(proc, lambda: logged_step(out) >= 2, "step 2")  # step 1 is saved
+        with pytest.raises(SystemExit, match=rf"in use by another train\.py \(pid {proc.pid}\)"):
+            train.main([*args, "--steps", "50", "--resume"])
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        proc.kill()
+    step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    assert 1 <= step < 50
+    (out / "model.pt.x1y2.part").write_bytes(b"half a file")  # as a kill mid-save leaves
+    with pytest.warns(UserWarning, match=r"removing .*model\.pt\.x1y2\.part"):
+        summary = train.train(train.parse_args([*args, "--steps", str(step + 2), "--resume"]))
+    assert summary["step"] == step + 2  # the dead run's lock did not block
+    assert f"resuming {out / 'checkpoint.pt'} at step {step}" in capsys.readouterr().err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == step + 2
+    assert not list(out.glob("*.part"))
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    """Two training images and no validation split: each process encodes only those."""
+    return data.make_demo(tmp_path_factory.mktemp("small_demo"), n_train=2, n_test=0)
+
+
+QUICK = [*FAST, "--eval-clicks", "0", "--eval-every", "0"]
+
+
+@pytest.fixture(scope="module")
+def whole_run(small_demo, tmp_path_factory):
+    """An uninterrupted 4-step run on small_demo: what the stopped and resumed runs must equal."""
+    out = tmp_path_factory.mktemp("whole")
+    run(["--data", str(small_demo), "--out", str(out), "--steps", "4", *QUICK])
+    return out
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_the_step_and_resumes(sig, demo, base_run, tmp_path):
+def test_signal_saves_the_step_and_resumes(sig, small_demo, whole_run, tmp_path):
     """SIGTERM (what schedulers send) and SIGINT (Ctrl-C) mid-run: the step ends and is saved,
-    one line says which, exit 128 + signal; resumed, the run equals the uninterrupted base_run
-    (4 steps). --save-every 50: the only save after step 0 is the stop's."""
+    one line says which, exit 128 + signal; resumed, the run equals an uninterrupted one (4
+    steps). --save-every 50: the only save after step 0 is the stop's."""
     out, err = tmp_path / "run", tmp_path / "err.txt"
-    args = ["--data", str(demo), "--out", str(out), "--eval-every", "0", *FAST]
+    args = ["--data", str(small_demo), "--out", str(out), *QUICK]
     proc = start([*args, "--steps", "50", "--save-every", "50"], err)
     try:
         wait_until(proc, lambda: logged_step(out) >= 1, "step 1")
@@ -597,19 +600,19 @@ def test_signal_saves_the_step_and_resumes(sig, demo, base_run, tmp_path):
     assert torch.load(out / "model.pt", weights_only=True)["step"] == step
     assert not list(out.glob("*.part"))
     assert run([*args, "--steps", "4", "--resume"])["step"] == 4
-    a = trainable(torch.load(base_run[0] / "model.pt", weights_only=True)["model"])
+    a = trainable(torch.load(whole_run / "model.pt", weights_only=True)["model"])
     b = trainable(torch.load(out / "model.pt", weights_only=True)["model"])
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     assert [int(r["step"]) for r in csv.DictReader(open(out / "log.csv"))] == [0, 1, 2, 3, 4]
 
 
-def test_second_ctrl_c_stops_at_once(demo, tmp_path):
+def test_second_ctrl_c_stops_at_once(small_demo, tmp_path):
     """Ctrl-C, then Ctrl-C again while the step ends: out at once, exit 130, still one line and
     no traceback; whatever was saved is whole (model.pt and checkpoint.pt at the same step)."""
     out, err = tmp_path / "run", tmp_path / "err.txt"
-    args = ["--data", str(demo), "--out", str(out), "--eval-every", "0", *FAST]
-    proc = start([*args, "--eval-clicks", "0", "--steps", "50", "--save-every", "50"], err)
+    args = ["--data", str(small_demo), "--out", str(out), *QUICK]
+    proc = start([*args, "--steps", "50", "--save-every", "50"], err)
     try:
         wait_until(proc, lambda: logged_step(out) >= 1, "step 1")
         proc.send_signal(signal.SIGINT)
@@ -710,14 +713,13 @@ def worker(torchrun_pid: int, rank: int) -> int:
     raise AssertionError(f"no rank {rank} worker under pid {torchrun_pid}")
 
 
-def test_torchrun_stop_and_resume_equal_uninterrupted(demo, tmp_path):
+def test_torchrun_stop_and_resume_equal_uninterrupted(small_demo, tmp_path):
     """SIGTERM to rank 1 alone: both ranks stop at the same step, which rank 0 saves with both
     ranks' click streams; resumed, the run equals an uninterrupted one bit for bit (a rank that
     stopped at another step would hang, or resume with the wrong clicks)."""
-    common = ["--data", str(demo), "--eval-every", "0", "--eval-clicks", "0"]
+    common = ["--data", str(small_demo), "--eval-every", "0", "--eval-clicks", "0"]
     b, err = tmp_path / "b", tmp_path / "err.txt"
-    cmd = torchrun_cmd([*common, "--out", str(b), "--steps", "50", "--save-every", "50"], 29519)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err, "w"), env=TORCHRUN_ENV)
+    proc = start([*common, "--out", str(b), "--steps", "50", "--save-every", "50"], err, 29519)
     try:
         wait_until(proc, lambda: logged_step(b) >= 1, "step 1")
         os.kill(worker(proc.pid, rank=1), signal.SIGTERM)
