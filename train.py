@@ -765,7 +765,9 @@ def save_failed(path: Path, e: BaseException) -> SaveError:
     free = shutil.disk_usage(path.parent).free
     free = f"{free / 2**30:.1f} GiB" if free >= 2**30 else f"{free / 2**20:.1f} MiB"
     ck = path.parent / "checkpoint.pt"
-    kept = f"{ck} from before is intact" if ck.exists() else "no checkpoint was written"
+    kept = (
+        f"{ck} from before is intact; make room, then --resume" if ck.exists() else "nothing saved"
+    )
     return SaveError(
         f"could not write {path} ({reason.strerror or reason}; {free} free there): {kept}"
     )

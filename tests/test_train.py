@@ -410,7 +410,8 @@ def test_failed_save_says_why_and_keeps_previous_files(tmp_path, monkeypatch, ro
     failed = tmp_path / ("model.pt" if room_for == "nothing" else "checkpoint.pt")
     assert re.fullmatch(
         rf"could not write {re.escape(str(failed))} \(No space left on device; [\d.]+ [MG]iB "
-        rf"free there\): {re.escape(str(tmp_path / 'checkpoint.pt'))} from before is intact",
+        rf"free there\): {re.escape(str(tmp_path / 'checkpoint.pt'))} from before is intact; "
+        "make room, then --resume",
         str(e.value),
     )
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
@@ -419,7 +420,7 @@ def test_failed_save_says_why_and_keeps_previous_files(tmp_path, monkeypatch, ro
         raise e.value
 
     monkeypatch.setattr(train, "train", train_that_fails)
-    with pytest.raises(SystemExit, match=r"^error: could not write .*intact$"):  # exit code 1
+    with pytest.raises(SystemExit, match=r"^error: could not write .*--resume$"):  # exit code 1
         train.main(["--data", "x", "--out", str(tmp_path)])
 
 
