@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import pickle
+import re
 import sys
 import tempfile
 import warnings
@@ -178,14 +180,44 @@ def resolve_checkpoint(model: str, checkpoint: str | None) -> Path | None:
     return path
 
 
+def load_tensors(path, **kw):
+    """torch.load of tensors and plain containers only (weights_only=True), on the CPU. A file
+    holding other Python objects is refused unloaded (CheckpointError naming it): unpickling
+    those runs code chosen by whoever made the file."""
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: noise here
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, **kw)
+    except pickle.UnpicklingError as e:  # torch's text would advise weights_only=False
+        if "Weights only load failed" not in str(e):
+            raise
+        if found := re.search(r"GLOBAL (\S+)", str(e)):
+            raise CheckpointError(
+                f"{path} is not a plain weights file: it holds Python objects other than "
+                f"tensors ({found[1]}), and loading those could run any code, so it was not "
+                "loaded. Use a file of tensors only: torch.save({'model': state_dict}, path)"
+            ) from None
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint") from None
+        detail = re.search(r"(Unsupported[^\n]*)", str(e))
+        raise CheckpointError(
+            f"{path} is not a plain weights file: it cannot be read as tensors only"
+            + (f" ({detail[1].strip()})" if detail else "")
+            + ", so it was not loaded"
+        ) from None
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Model weights from a SAM 2 checkpoint ({'model': state_dict}) or a bare state_dict.
-    Raises CheckpointError naming `path` if it is unreadable, holds no weights, or holds NaN/inf
-    (such weights only give empty masks, or fail later with a less clear error)."""
+    Raises CheckpointError naming `path` if it is unreadable, holds no weights or other Python
+    objects, or holds NaN/inf (such weights only give empty masks, or fail later with a less
+    clear error)."""
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path}: empty file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_tensors(path)
+    except CheckpointError:
+        raise
     except Exception as e:  # torch raises many types for corrupt or foreign files
         if not zipfile.is_zipfile(path):  # what torch.save writes (the reason would be noise)
             raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint") from None
@@ -219,7 +251,7 @@ def model_name_in(path) -> str | None:
     """The model `path` holds weights for: the name train.py stored in its model.pt
     ('model_name'), else the size its tensor shapes point to; None if unreadable or unknown."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        obj = load_tensors(path, mmap=True)
         name = obj.get("model_name")
         return name if name in MODELS else guess_model(obj.get("model", obj))
     except Exception:  # not a checkpoint of ours or SAM 2's: load_model will say why

@@ -25,6 +25,7 @@ In a notebook:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -33,8 +34,11 @@ import functools
 import json
 import math
 import os
+import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -58,6 +62,7 @@ from model import (
     encode_images,
     freeze_for_finetune,
     load_model,
+    load_tensors,
     plain_warnings,
     predict_logits,
     resolve_checkpoint,
@@ -109,6 +114,15 @@ class Config:
         for name, low in at_least.items():
             if not getattr(self, name) >= low:
                 raise ValueError(f"--{flag(name)} must be >= {low}, got {getattr(self, name)}")
+        for name, (high, why) in AT_MOST.items():
+            if getattr(self, name) > high:
+                raise ValueError(f"--{flag(name)} {getattr(self, name)} is over {high}: {why}")
+        if (n := self.batch_size * self.max_masks) > MAX_MASKS_PER_STEP:
+            raise ValueError(
+                f"--batch-size {self.batch_size} x --max-masks {self.max_masks} = {n} masks per "
+                f"step, over {MAX_MASKS_PER_STEP}: memory and time per step grow with it (the "
+                "default 4 x 32 already takes several GiB of GPU memory)"
+            )
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if self.model not in MODELS:
@@ -120,6 +134,18 @@ class Config:
         if not self.data:
             raise ValueError("--data is required (or use --demo)")
 
+
+# Upper bounds of the numbers that multiply memory or time: past them a run would not fit any
+# GPU, or one step would take minutes. Each with the reason its message gives.
+AT_MOST = {
+    "batch_size": (256, "images per step; memory and time per step grow with it"),
+    "max_masks": (256, "masks per image per step; each costs decoder memory and time"),
+    "max_side": (2048, "SAM 2 sees images at 1024 px; larger masks only cost memory"),
+    "encode_batch": (64, "images per image-encoder call; its memory grows with it"),
+    "workers": (64, "each DataLoader process holds its own copy of the dataset reader"),
+    "eval_clicks": (100, "each click is one more decoder pass per validation mask"),
+}
+MAX_MASKS_PER_STEP = 2048
 
 # --demo: small enough to finish in a few minutes on a 2-core CPU
 DEMO = dict(data="demo_data", out="runs/demo", model="tiny", steps=40, batch_size=2, max_masks=4)
@@ -161,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--checkpoint", help="base weights file, 'none' = random init; default: official weights"
     )
-    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt (flags that change the training must match it)",
+    )
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument("--seed", type=int, help="seed of data order, clicks and init")
     g = p.add_argument_group("advanced")
@@ -205,6 +235,7 @@ class Context:
     world: int
     device: torch.device
     out: Path
+    stops: StopSignals = dataclasses.field(default_factory=lambda: StopSignals())
 
 
 def setup_distributed(device_flag: str) -> tuple[int, int, torch.device]:
@@ -252,16 +283,75 @@ def claim_out(out: Path, resume: bool):
     return lock
 
 
-def read_checkpoint(path: Path, cfg: Config) -> dict:
-    """checkpoint.pt's contents (read once), checked to belong to a run like this one."""
+# What --resume may change: how long, how often and on what hardware the same training goes
+# on. Every other Config field must equal the checkpoint's, so a field added later is refused
+# until it is listed here; IGNORED ones only say how this process was started.
+RESUME_MAY_CHANGE = {"steps", "minutes", "lr", "weight_decay", "save_every", "eval_every"}
+RESUME_MAY_CHANGE |= {"log_every", "device", "workers", "cache", "encode_batch"}
+RESUME_IGNORES = {"out", "resume", "demo"}
+
+
+def as_flag(name: str, value) -> str:
+    """How `value` of Config field `name` is typed on the command line."""
+    if value is None or value is False:
+        return f"no --{flag(name)}"
+    return f"--{flag(name)}" if value is True else f"--{flag(name)} {value}"
+
+
+def resume_changes(saved: dict, cfg: Config) -> tuple[list[tuple], list[tuple]]:
+    """(refused, allowed) lists of (field, checkpoint's value, cfg's value): where `cfg`
+    differs from a checkpoint's config `saved` (a field it lacks counts as the default)."""
+    refused, allowed = [], []
+    for f in dataclasses.fields(cfg):
+        old, new = saved.get(f.name, f.default), getattr(cfg, f.name)
+        if f.name in RESUME_IGNORES or old == new:
+            continue
+        if f.name in ("data", "checkpoint") and None not in (old, new):
+            with contextlib.suppress(OSError):  # the same files, named another way
+                if os.path.samefile(old, new):
+                    continue
+        (allowed if f.name in RESUME_MAY_CHANGE else refused).append((f.name, old, new))
+    return refused, allowed
+
+
+def read_checkpoint(path: Path, cfg: Config, say: bool = True) -> dict:
+    """checkpoint.pt's contents (read once). Refused (SystemExit naming each difference) when
+    `cfg` changes what the run trains; the changes RESUME_MAY_CHANGE allows are printed."""
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = load_tensors(path)
         saved = ck["config"]
+    except CheckpointError:
+        raise
     except Exception as e:  # torch raises many types for a corrupt or foreign file
         raise CheckpointError(f"cannot resume from {path}: {e}") from None
-    if saved["model"] != cfg.model:
-        raise SystemExit(f"error: {path} is a '{saved['model']}' run, not --model {cfg.model}")
+    refused, allowed = resume_changes(saved, cfg)
+    if refused:
+        raise SystemExit(
+            f"error: --resume cannot change what {path} trains:\n"
+            + "".join(
+                f"  --{flag(k)}: {old} in the checkpoint, {new} now\n" for k, old, new in refused
+            )
+            + "To continue that run, give its values ("
+            + ", ".join(as_flag(k, old) for k, old, _ in refused)
+            + "); to train with the new ones, start a new run with another --out."
+        )
+    if allowed and say:
+        changes = ", ".join(f"--{flag(k)} {old} -> {new}" for k, old, new in allowed)
+        print(f"resume: {changes}", file=sys.stderr)
     return ck
+
+
+def match_model_pt(out: Path, ck: dict) -> None:
+    """Make model.pt hold checkpoint.pt's step (they differ only after a stop between the
+    renames of one save): write it again from checkpoint.pt's weights."""
+    path = out / "model.pt"
+    try:
+        step = load_tensors(path, mmap=True)["step"]
+    except Exception:  # missing or unreadable: written again all the same
+        step = None
+    if step != ck["step"]:
+        warnings.warn(f"{path} held step {step}, not checkpoint.pt's {ck['step']}: rewritten")
+        save_atomic({k: ck[k] for k in ("model", "model_name", "config", "step")}, path)
 
 
 def demo_checkpoint(cfg: Config) -> str | None:
@@ -293,7 +383,10 @@ class State:
 def build(cfg: Config, ctx: Context, ck: dict | None):
     """Model, optimizer, scaler, this rank's generator and State, restored from `ck` if any."""
     torch.manual_seed(cfg.seed)  # same random init on every rank (and DDP broadcasts rank 0's)
-    sam = load_model(cfg.model, cfg.checkpoint, ctx.device)
+    with warnings.catch_warnings():
+        if ck is not None:  # resuming: checkpoint.pt's weights replace random ones at once
+            warnings.filterwarnings("ignore", "SAM 2 .* RANDOM weights")
+        sam = load_model(cfg.model, "none" if ck is not None else cfg.checkpoint, ctx.device)
     params = freeze_for_finetune(sam, cfg.train_encoder)
     opt = torch.optim.AdamW(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=ctx.device.type == "cuda"
@@ -310,13 +403,7 @@ def build(cfg: Config, ctx: Context, ck: dict | None):
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"optimizer state in {path} does not fit this run: {e}") from None
         for group in opt.param_groups:  # the command line wins over the saved optimizer state
-            old = {k: group[k] for k in ("lr", "weight_decay")}
             group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
-            if old != {k: group[k] for k in old} and ctx.rank == 0:
-                print(
-                    f"resume: optimizer {old} -> lr {cfg.lr}, weight_decay {cfg.weight_decay}",
-                    file=sys.stderr,
-                )
         scaler.load_state_dict(ck["scaler"])
         gens = ck["gen_states"]
         if len(gens) == ctx.world:  # each rank's own clicks go on where they stopped
@@ -643,20 +730,54 @@ def click_eval(sam, cache: FeatureCache, ctx: Context, max_clicks: int) -> dict:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace: a crash mid-write
-    leaves the previous file intact."""
-    path = Path(path)
+class SaveError(RuntimeError):
+    """A checkpoint could not be written (disk full, I/O error, no permission)."""
+
+
+def write_part(obj, path: Path) -> Path:
+    """torch.save `obj` to a new PATH.*.part file beside `path`, on disk when this returns
+    (removed again if writing fails). os.replace(part, path) then puts it in place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
     try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from the group
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then os.replace: a crash mid-write
+    leaves the previous file intact."""
+    path = Path(path)
+    os.replace(write_part(obj, path), path)
+
+
+def os_error(e: BaseException | None) -> OSError | None:
+    """The OSError behind `e` (torch.save reports a failed write as a RuntimeError)."""
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def save_failed(path: Path, e: BaseException) -> SaveError:
+    """The one-line message of a failed write of `path`: why, free space, what is intact."""
+    reason = os_error(e)
+    free = shutil.disk_usage(path.parent).free
+    free = f"{free / 2**30:.1f} GiB" if free >= 2**30 else f"{free / 2**20:.1f} MiB"
+    ck = path.parent / "checkpoint.pt"
+    kept = (
+        f"{ck} from before is intact; make room, then --resume" if ck.exists() else "nothing saved"
+    )
+    return SaveError(
+        f"could not write {path} ({reason.strerror or reason}; {free} free there): {kept}"
+    )
 
 
 def gather_generators(gen: torch.Generator, world: int) -> list[torch.Tensor]:
@@ -671,18 +792,35 @@ def gather_generators(gen: torch.Generator, world: int) -> list[torch.Tensor]:
 def save_checkpoint(
     out: Path, sam, opt, scaler, cfg: Config, state: State, gens: list, best: bool = False
 ) -> None:
-    """checkpoint.pt (resumable) and model.pt (SAM 2 format); best.pt too when `best`."""
+    """checkpoint.pt (resumable) and model.pt (SAM 2 format); best.pt too when `best`.
+
+    All files are written in full before any is put in place, so a failed write (SaveError,
+    naming the file) or a stop leaves every previous file as it was; checkpoint.pt and model.pt
+    always hold the same step (match_model_pt repairs a kill between their renames)."""
     sd = {k: v.detach().cpu() for k, v in sam.state_dict().items()}
     bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise RuntimeError(f"refusing to save non-finite weights at step {state.step}: {bad[:3]}")
     meta = {"model_name": cfg.model, "config": dataclasses.asdict(cfg), "step": state.step}
-    save_atomic({"model": sd, **meta}, out / "model.pt")
-    if best:
-        save_atomic({"model": sd, **meta}, out / "best.pt")
     resume = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "gen_states": gens}
-    state_d = {"state": dataclasses.asdict(state)}
-    save_atomic({"model": sd, **meta, **resume, **state_d}, out / "checkpoint.pt")
+    weights = {"model": sd, **meta}
+    files = {"model.pt": weights, "best.pt": weights} if best else {"model.pt": weights}
+    files["checkpoint.pt"] = {**weights, **resume, "state": dataclasses.asdict(state)}
+    parts = {}
+    try:
+        for name, obj in files.items():
+            parts[name] = write_part(obj, out / name)
+    except BaseException as e:
+        for part in parts.values():
+            part.unlink()
+        if isinstance(e, (OSError, RuntimeError)) and os_error(e):
+            raise save_failed(out / name, e) from None
+        raise
+    # best.pt first: should a kill fall between these renames, the resumed run redoes that step
+    # and writes the same best.pt again (the other way round, it would keep an older best.pt)
+    for name in ("best.pt", "checkpoint.pt", "model.pt"):
+        if name in parts:
+            os.replace(parts[name], out / name)
 
 
 # ----------------------------------------------------------------------------- logging
@@ -730,6 +868,77 @@ def plot_curves(log_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------- stops
+
+
+class Stopped(KeyboardInterrupt):
+    """train() ended by SIGINT or SIGTERM (a KeyboardInterrupt, as Ctrl-C is in a notebook);
+    its text says which step checkpoint.pt holds. main() exits with 128 + signum."""
+
+    def __init__(self, signum: int, text: str = "", at_once: bool = False):
+        super().__init__(text)
+        self.signum, self.at_once = signum, at_once
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (Slurm, Kubernetes, docker stop, systemd) during train().
+
+    While not `deferred` (setting up, evaluating) a signal raises Stopped wherever the program
+    is: no trained step is lost. While `deferred` (the training loop) it only sets `signum`;
+    the loop saves the step it is on and raises Stopped itself. A second Ctrl-C raises at once.
+    Outside the main thread, where Python cannot catch signals, it does nothing."""
+
+    def __init__(self):
+        self.signum, self.deferred, self.raised, self.old = 0, False, False, {}
+        self.rank, self.state = 0, None  # for the message: who speaks, where training is
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+
+    def handle(self, signum: int, frame) -> None:
+        again, self.signum = self.signum != 0, self.signum or signum
+        if not self.raised and (not self.deferred or (again and signum == signal.SIGINT)):
+            self.raised = True  # later signals must not interrupt the way out
+            if self.rank == 0:
+                os.write(2, b"\n")  # end a progress bar's line: the message comes on its own
+            raise Stopped(signum, at_once=again)
+        if self.deferred and not again and self.rank == 0:  # os.write: print is not reentrant
+            name = signal.Signals(signum).name
+            os.write(2, f"\n{name}: saving after this step (Ctrl-C again: stop at once)\n".encode())
+
+
+def agreed(value: int, ctx: Context) -> int:
+    """The largest `value` over all ranks, on every rank: what one rank saw (a signal, the
+    clock), all act on at the same step."""
+    if ctx.world == 1:
+        return value
+    t = torch.tensor([int(value)], device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
+def stop_message(e: Stopped, cfg: Config, step: int | None) -> str:
+    """'stopped at step N (SIGTERM); OUT/checkpoint.pt holds step N; resume with --resume'."""
+    path = Path(cfg.out) / "checkpoint.pt"
+    name = signal.Signals(e.signum).name
+    stopped, why = (
+        ("stopped at once", f"(second {name})") if e.at_once else ("stopped", f"({name})")
+    )
+    try:
+        saved = load_tensors(path, mmap=True)["step"]
+    except Exception:  # no checkpoint.pt (yet)
+        return f"{stopped} {why} before anything was saved: nothing to resume"
+    where = "before training" if step is None else f"at step {step}"
+    end = "resume with --resume" if saved < cfg.steps else "its training is complete"
+    return f"{stopped} {where} {why}; {path} holds step {saved}; {end}"
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -737,15 +946,18 @@ def fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
     """The training loop: batch -> forward -> loss -> step -> log / evaluate / save."""
     from tqdm import tqdm
 
-    rank0 = ctx.rank == 0
+    rank0, stops = ctx.rank == 0, ctx.stops
     log_f, log = open_log(ctx.out / "log.csv", state.step) if rank0 else (None, None)
     t0, secs_before, bad, masks_seen = time.time(), state.seconds, 0, 0
+    saved = state.step if state.step else -1  # the step checkpoint.pt holds
 
     def save(best: bool) -> None:
+        nonlocal saved
         state.seconds = secs_before + time.time() - t0
         gens = gather_generators(gen, ctx.world)
         if rank0:
             save_checkpoint(ctx.out, sam, opt, scaler, cfg, state, gens, best)
+        saved = state.step
 
     def log_row(**row) -> None:
         log.writerow({"step": state.step, "lr": opt.param_groups[0]["lr"], **row})
@@ -759,50 +971,66 @@ def fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
             state.first_eval = click_eval(sam, val_cache, ctx, cfg.eval_clicks)
         if rank0:
             log_row(val_iou=f"{state.first_iou:.4f}", seconds=0.0)
+    stops.deferred = True  # from here a signal ends the step, saves it and stops
+    if saved < 0:
         save(best=True)
     bar = tqdm(total=cfg.steps, initial=state.step, disable=not rank0, dynamic_ncols=True)
     last, t_train = cfg.steps, time.time()  # --minutes counts training, not the base model's eval
-    while state.step < last:
-        ids = batch_indices(state.step, train_cache.ids, cfg.batch_size, cfg.seed)
-        batch = sample_batch(train_cache.get(ids), cfg.max_masks, gen)
-        loss, iou = train_step(trainer, batch, opt, scaler, cfg, gen, ctx.device)
-        state.step += 1
-        bar.update(1)
-        if cfg.minutes and out_of_time(time.time() - t_train > 60 * cfg.minutes, ctx):
-            last = state.step
-        if loss is None:
-            bad += 1
-            warnings.warn(f"step {state.step}: non-finite loss or gradients, update skipped")
-            if bad >= 5:
-                raise SystemExit(
-                    f"error: {bad} non-finite steps in a row at step {state.step}: stopping "
-                    "(try a lower --lr); the last checkpoint is intact"
+    try:
+        while True:
+            if signum := agreed(stops.signum, ctx):  # on every rank at the same step
+                if saved != state.step:
+                    save(best=False)
+                stops.raised = True  # saved: a later signal need not cut the way out short
+                break
+            if state.step >= last:
+                break
+            ids = batch_indices(state.step, train_cache.ids, cfg.batch_size, cfg.seed)
+            batch = sample_batch(train_cache.get(ids), cfg.max_masks, gen)
+            loss, iou = train_step(trainer, batch, opt, scaler, cfg, gen, ctx.device)
+            state.step += 1
+            bar.update(1)
+            if cfg.minutes and agreed(time.time() - t_train > 60 * cfg.minutes, ctx):
+                last = state.step
+            if loss is None:
+                bad += 1
+                warnings.warn(f"step {state.step}: non-finite loss or gradients, update skipped")
+                if bad >= 5:
+                    raise SystemExit(
+                        f"error: {bad} non-finite steps in a row at step {state.step}: stopping "
+                        "(try a lower --lr); the last checkpoint is intact"
+                    )
+                continue
+            bad, masks_seen = 0, masks_seen + len(iou)
+            k = 1 / min(state.step, 100)  # a plain mean over the first 100 steps, then an EMA
+            state.run_loss += k * (loss.item() - state.run_loss)
+            state.run_iou += k * (iou.mean().item() - state.run_iou)
+            val = None
+            if state.step == last or (cfg.eval_every and state.step % cfg.eval_every == 0):
+                val = evaluate(sam, val_cache, ctx.device, ctx.world, cfg.recipe)
+            best = val is not None and val > state.best_iou
+            state.best_iou = val if best else state.best_iou
+            if rank0 and (state.step % cfg.log_every == 0 or val is not None):
+                secs = time.time() - t0
+                rate = f"{masks_seen / max(time.time() - t_train, 1e-9):.1f}"
+                bar.set_postfix(
+                    loss=f"{state.run_loss:.4f}", iou=f"{state.run_iou:.3f}", masks_s=rate
                 )
-            continue
-        bad, masks_seen = 0, masks_seen + len(iou)
-        k = 1 / min(state.step, 100)  # a plain mean over the first 100 steps, then an EMA
-        state.run_loss += k * (loss.item() - state.run_loss)
-        state.run_iou += k * (iou.mean().item() - state.run_iou)
-        val = None
-        if state.step == last or (cfg.eval_every and state.step % cfg.eval_every == 0):
-            val = evaluate(sam, val_cache, ctx.device, ctx.world, cfg.recipe)
-        best = val is not None and val > state.best_iou
-        state.best_iou = val if best else state.best_iou
-        if rank0 and (state.step % cfg.log_every == 0 or val is not None):
-            secs = time.time() - t0
-            rate = f"{masks_seen / max(time.time() - t_train, 1e-9):.1f}"
-            bar.set_postfix(loss=f"{state.run_loss:.4f}", iou=f"{state.run_iou:.3f}", masks_s=rate)
-            log_row(
-                loss=f"{state.run_loss:.5f}",
-                train_iou=f"{state.run_iou:.4f}",
-                val_iou="" if val is None else f"{val:.4f}",
-                seconds=f"{secs_before + secs:.1f}",
-            )
-        if state.step % cfg.save_every == 0 or state.step == last or best:
-            save(best)
-    bar.close()
-    if rank0:
-        log_f.close()
+                log_row(
+                    loss=f"{state.run_loss:.5f}",
+                    train_iou=f"{state.run_iou:.4f}",
+                    val_iou="" if val is None else f"{val:.4f}",
+                    seconds=f"{secs_before + secs:.1f}",
+                )
+            if state.step % cfg.save_every == 0 or state.step == last or best:
+                save(best)
+    finally:  # also when stopped at once: the progress bar ends its line before the message
+        stops.deferred = False
+        bar.close()
+        if rank0:
+            log_f.close()
+    if signum:
+        raise Stopped(signum)
 
 
 def report_best(cfg: Config, ctx: Context, sam, val_cache: FeatureCache, before: dict) -> None:
@@ -818,15 +1046,6 @@ def report_best(cfg: Config, ctx: Context, sam, val_cache: FeatureCache, before:
         (ctx.out / "eval.json").write_text(text + "\n")
 
 
-def out_of_time(late: bool, ctx: Context) -> bool:
-    """--minutes: True once any rank is late, on every rank (all must stop at the same step)."""
-    if ctx.world == 1:
-        return late
-    flag = torch.tensor([int(late)], device=ctx.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag)
-
-
 def check_replicas(sam) -> None:
     """DDP keeps replicas identical; verify it (cheaply, by per-tensor sums) before finishing."""
     sums = torch.stack([p.detach().double().sum() for p in sam.parameters() if p.requires_grad])
@@ -840,9 +1059,21 @@ def check_replicas(sam) -> None:
 
 def train(cfg: Config) -> dict:
     """Run (or resume) a fine-tune as configured. Returns a summary (rank 0's view): step,
-    first_iou, best_iou, out and the trained model."""
+    first_iou, best_iou, out and the trained model. On SIGINT or SIGTERM it saves the step it
+    is on and raises Stopped, whose text says so (see StopSignals)."""
+    with StopSignals() as stops:
+        try:
+            return run_training(cfg, stops)
+        except Stopped as e:
+            text = stop_message(e, cfg, stops.state and stops.state.step) if stops.rank == 0 else ""
+            raise Stopped(e.signum, text, e.at_once) from None
+
+
+def run_training(cfg: Config, stops: StopSignals) -> dict:
+    """train() without the signal handling."""
     rank, world, device = setup_distributed(cfg.device)
-    ctx = Context(rank, world, device, Path(cfg.out))
+    ctx = Context(rank, world, device, Path(cfg.out), stops)
+    stops.rank = rank
     if cfg.demo and rank == 0 and not Path(cfg.data).exists():
         data.make_demo(cfg.data)
     if cfg.demo and cfg.checkpoint is None:
@@ -856,10 +1087,13 @@ def train(cfg: Config) -> dict:
         if world > 1:
             dist.barrier()
         ck_path = ctx.out / "checkpoint.pt"
-        ck = read_checkpoint(ck_path, cfg) if cfg.resume and ck_path.exists() else None
+        ck = read_checkpoint(ck_path, cfg, rank == 0) if cfg.resume and ck_path.exists() else None
         if cfg.resume and ck is None and rank == 0:
             print(f"--resume: no {ck_path} yet, starting from step 0", file=sys.stderr)
+        if ck and rank == 0:
+            match_model_pt(ctx.out, ck)
         sam, opt, scaler, gen, state = build(cfg, ctx, ck)
+        stops.state = state
         del ck
         summary = {"out": str(ctx.out), "model": sam}
         if state.step >= cfg.steps:
@@ -889,6 +1123,17 @@ def train(cfg: Config) -> dict:
         fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
         if cfg.eval_clicks and state.first_eval:
             report_best(cfg, ctx, sam, val_cache, state.first_eval)
+        if world > 1:
+            check_replicas(sam)
+            dist.destroy_process_group()
+        if rank == 0:
+            plot_curves(ctx.out / "log.csv", ctx.out / "curves.png")
+            print(
+                f"done: {state.step} steps. val IoU at step 0: {state.first_iou:.4f} -> best "
+                f"{state.best_iou:.4f}. Files in {ctx.out}: model.pt (final), best.pt (best "
+                "val), checkpoint.pt (resume), log.csv, curves.png"
+                + (", eval.json (click curves)" if cfg.eval_clicks else "")
+            )
     except BaseException:
         if rank == 0 and fresh and {p.name for p in ctx.out.iterdir()} <= {".lock"}:
             (ctx.out / ".lock").unlink(missing_ok=True)
@@ -897,17 +1142,6 @@ def train(cfg: Config) -> dict:
     finally:
         if lock is not None:
             lock.close()
-    if world > 1:
-        check_replicas(sam)
-        dist.destroy_process_group()
-    if rank == 0:
-        plot_curves(ctx.out / "log.csv", ctx.out / "curves.png")
-        print(
-            f"done: {state.step} steps. val IoU at step 0: {state.first_iou:.4f} -> best "
-            f"{state.best_iou:.4f}. Files in {ctx.out}: model.pt (final), best.pt (best val), "
-            "checkpoint.pt (resume), log.csv, curves.png"
-            + (", eval.json (click curves)" if cfg.eval_clicks else "")
-        )
     return {**summary, **dataclasses.asdict(state)}
 
 
@@ -916,8 +1150,12 @@ def main(argv: list[str] | None = None) -> None:
     plain_warnings()
     try:
         train(cfg)
-    except (CheckpointError, data.DataError, ValueError) as e:
+    except (CheckpointError, SaveError, data.DataError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
+    except Stopped as e:
+        if str(e):
+            print(e, file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
 
 
 if __name__ == "__main__":

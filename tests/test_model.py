@@ -2,6 +2,8 @@
 computes what SAM 2's own predictor computes."""
 
 import http.server
+import os
+import pickle
 import threading
 import types
 import warnings
@@ -154,6 +156,35 @@ def test_corrupt_and_missing_checkpoint(tmp_path):
         load_model("tiny", str(tmp_path / "nope.pt"))
     with pytest.raises(ValueError, match="'huge' is not one of"):
         resolve_checkpoint("huge", None)
+
+
+class Trap:
+    """Unpickling this runs a shell command, as a malicious checkpoint would."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_file_that_would_run_code_is_not_loaded(tmp_path):
+    """A checkpoint holding more than tensors is refused unloaded, with a plain reason and no
+    advice to load it anyway (torch's own message suggests weights_only=False)."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "x": Trap(marker)}, path)
+    with pytest.raises(CheckpointError) as e:
+        load_model("tiny", str(path))
+    msg = str(e.value)
+    assert msg.startswith(f"{path} is not a plain weights file") and "(posix.system)" in msg
+    assert "not loaded" in msg and "weights_only" not in msg and "succeed" not in msg
+    with open(path, "wb") as f:  # a bare pickle, not torch's zip format
+        pickle.dump({"model": Trap(marker)}, f, protocol=2)
+    with pytest.raises(CheckpointError, match=r"evil\.pt is not a plain weights file"):
+        load_model("tiny", str(path))
+    assert model.model_name_in(path) is None
+    assert not marker.exists()
 
 
 def test_own_checkpoint_roundtrip(tmp_path, tiny_model):

@@ -2,7 +2,10 @@
 
 import copy
 import csv
+import dataclasses
+import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -161,10 +164,74 @@ def test_resume_equals_uninterrupted(demo, base_run, tmp_path):
     assert secs == sorted(secs)
 
 
+class Trap:
+    """Unpickling this runs a shell command (as a malicious checkpoint would)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
 def test_resume_from_a_corrupt_checkpoint_names_it(demo, tmp_path):
+    argv = ["--data", str(demo), "--out", str(tmp_path), "--steps", "2", "--resume", *FAST]
     (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
     with pytest.raises(SystemExit, match=r"cannot resume from .*checkpoint\.pt"):
-        train.main(["--data", str(demo), "--out", str(tmp_path), "--steps", "2", "--resume", *FAST])
+        train.main(argv)
+    torch.save({"config": {}, "x": Trap(tmp_path / "ran")}, tmp_path / "checkpoint.pt")
+    with pytest.raises(SystemExit, match=r"checkpoint\.pt is not a plain weights file") as e:
+        train.main(argv)
+    assert "weights_only" not in str(e.value) and not (tmp_path / "ran").exists()
+
+
+def test_resume_refuses_what_changes_the_training(demo, base_run):
+    """An article run resumed as an interactive one (whose loss was silently averaged into the
+    article's): refused before anything is written, each difference named, with the flags that
+    continue the run as it was."""
+    out, _ = base_run
+    mtime = (out / "checkpoint.pt").stat().st_mtime_ns
+    argv = ["--data", str(demo), "--out", str(out), *FAST, "--steps", "6", "--resume"]
+    with pytest.raises(SystemExit) as e:
+        train.main([*argv, "--recipe", "interactive", "--clicks", "2", "--max-masks", "5"])
+    msg = str(e.value)
+    assert "--recipe: article in the checkpoint, interactive now" in msg
+    assert "--clicks: 7 in the checkpoint, 2 now" in msg
+    assert "--max-masks: 3 in the checkpoint, 5 now" in msg
+    assert "give its values (--max-masks 3, --recipe article, --clicks 7)" in msg
+    assert "new run with another --out" in msg and "--steps" not in msg
+    with pytest.raises(SystemExit, match=r"--seed: 0 in the checkpoint, 1 now"):
+        train.main([*argv, "--seed", "1", "--train-encoder"])
+    assert (out / "checkpoint.pt").stat().st_mtime_ns == mtime
+
+
+def test_every_config_field_is_refused_or_allowed_on_resume(demo, tmp_path):
+    """What --resume may change is a list; every other field, including any added later (a
+    subclass stands for it here), is refused."""
+    cfg = train.Config(data=str(demo))
+    allowed = {"steps", "minutes", "lr", "weight_decay", "save_every", "eval_every", "log_every"}
+    allowed |= {"device", "workers", "cache", "encode_batch"}
+    must_refuse = {"data", "model", "checkpoint", "batch_size", "max_masks", "recipe", "clicks"}
+    must_refuse |= {"seed", "score_weight", "max_side", "min_area", "complex", "train_encoder"}
+    refused_seen = set()
+    for f in dataclasses.fields(cfg):
+        saved = dataclasses.asdict(cfg) | {f.name: "other"}
+        refused, changed = train.resume_changes(saved, cfg)
+        refused_seen |= {r[0] for r in refused}
+        if f.name in ("out", "resume", "demo"):  # how this process was started
+            assert refused == changed == [], f.name
+        elif f.name in allowed:
+            assert refused == [] and changed == [(f.name, "other", getattr(cfg, f.name))]
+        else:
+            assert refused == [(f.name, "other", getattr(cfg, f.name))] and changed == []
+    assert must_refuse <= refused_seen and "eval_clicks" in refused_seen
+    later = dataclasses.make_dataclass("Later", [("frames", int, 8)], bases=(train.Config,))
+    new = later(data=str(demo))
+    assert train.resume_changes(dataclasses.asdict(cfg), new) == ([], [])  # absent: the default
+    saved = dataclasses.asdict(new) | {"frames": 16}
+    assert train.resume_changes(saved, new) == ([("frames", 16, 8)], [])
+    same_folder = train.Config(data=str(demo) + "/.")  # one folder, spelled another way
+    assert train.resume_changes(dataclasses.asdict(cfg), same_folder) == ([], [])
 
 
 def cached(sam, samples) -> list:
@@ -292,6 +359,90 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
+class FullDisk:
+    """A file whose writes fail with ENOSPC once `room` bytes are in it, as on a full disk."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, b) -> int:
+        if len(b) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(b)
+        return self.f.write(b)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def small_run(tmp_path):
+    """A small module with optimizer state, and what save_checkpoint needs beside it."""
+    net = torch.nn.Linear(64, 64)
+    opt = torch.optim.AdamW(net.parameters())
+    net(torch.ones(1, 64)).sum().backward()
+    opt.step()
+    cfg = train.Config(data="x", out=str(tmp_path))
+    return net, opt, torch.amp.GradScaler("cpu", enabled=False), cfg
+
+
+@pytest.mark.parametrize("room_for", ["nothing", "model.pt and best.pt"])
+def test_failed_save_says_why_and_keeps_previous_files(tmp_path, monkeypatch, room_for):
+    """Disk full while saving step 2, at the first file or at checkpoint.pt after model.pt and
+    best.pt were written: one line naming the file, the reason and the free space; every file
+    of step 1 unchanged (model.pt never ahead of checkpoint.pt); no *.part left."""
+    net, opt, scaler, cfg = small_run(tmp_path)
+    train.save_checkpoint(tmp_path, net, opt, scaler, cfg, train.State(step=1), [], best=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    room = 0 if room_for == "nothing" else len(before["model.pt"]) + 100
+    assert len(before["checkpoint.pt"]) > room  # optimizer state makes it the larger one
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(train.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode), room))
+    net.weight.data += 1
+    with pytest.raises(train.SaveError) as e:
+        train.save_checkpoint(tmp_path, net, opt, scaler, cfg, train.State(step=2), [], best=True)
+    monkeypatch.undo()
+    failed = tmp_path / ("model.pt" if room_for == "nothing" else "checkpoint.pt")
+    assert re.fullmatch(
+        rf"could not write {re.escape(str(failed))} \(No space left on device; [\d.]+ [MG]iB "
+        rf"free there\): {re.escape(str(tmp_path / 'checkpoint.pt'))} from before is intact; "
+        "make room, then --resume",
+        str(e.value),
+    )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+    def train_that_fails(cfg):
+        raise e.value
+
+    monkeypatch.setattr(train, "train", train_that_fails)
+    with pytest.raises(SystemExit, match=r"^error: could not write .*--resume$"):  # exit code 1
+        train.main(["--data", "x", "--out", str(tmp_path)])
+
+
+def test_resume_rewrites_a_model_pt_left_behind(tmp_path):
+    """A kill between the renames of one save can leave model.pt a step behind checkpoint.pt;
+    the resumed run writes model.pt again from checkpoint.pt, so both hold the same step."""
+    net, opt, scaler, cfg = small_run(tmp_path)
+    train.save_checkpoint(tmp_path, net, opt, scaler, cfg, train.State(step=1), [])
+    net.weight.data += 1
+    (tmp_path / "next").mkdir()
+    train.save_checkpoint(tmp_path / "next", net, opt, scaler, cfg, train.State(step=2), [])
+    os.replace(tmp_path / "next" / "checkpoint.pt", tmp_path / "checkpoint.pt")
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    with pytest.warns(UserWarning, match=r"model\.pt held step 1, not checkpoint\.pt's 2"):
+        train.match_model_pt(tmp_path, ck)
+    model = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert model["step"] == 2 and torch.equal(model["model"]["weight"], net.weight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train.match_model_pt(tmp_path, ck)  # in step: left alone
+
+
 def test_refuses_to_save_nan_weights(tmp_path, tiny_model):
     sam = copy.deepcopy(tiny_model)
     params = freeze_for_finetune(sam)
@@ -313,6 +464,13 @@ def test_refuses_to_save_nan_weights(tmp_path, tiny_model):
         (["--model", "huge"], "--model: invalid choice: 'huge'"),
         (["--cache", "disk"], "--cache: invalid choice: 'disk'"),
         (["--batch-size", "x"], "invalid int value"),
+        (["--max-masks", "1000"], "--max-masks 1000 is over 256: masks per image per step"),
+        (["--batch-size", "1000"], "--batch-size 1000 is over 256: images per step"),
+        (["--batch-size", "64", "--max-masks", "64"], "64 x --max-masks 64 = 4096 masks per step"),
+        (["--max-side", "5000"], "--max-side 5000 is over 2048: SAM 2 sees images at 1024 px"),
+        (["--encode-batch", "500"], "--encode-batch 500 is over 64"),
+        (["--eval-clicks", "1000"], "--eval-clicks 1000 is over 100"),
+        (["--workers", "1000"], "--workers 1000 is over 64"),
     ],
 )
 def test_bad_flags(argv, msg, capsys):
@@ -343,50 +501,135 @@ def test_missing_data_and_bad_checkpoint(tmp_path, demo, capsys):
         )
 
 
-def test_sigkill_then_resume(demo, tmp_path):
-    """A run killed with SIGKILL mid-run resumes from its last checkpoint and finishes."""
+def logged_step(out: Path) -> int:
+    """The last step in OUT/log.csv (-1 if none yet)."""
+    try:
+        rows = (out / "log.csv").read_text().splitlines()[1:]
+        return max((int(r.split(",")[0]) for r in rows if r.count(",") == 5), default=-1)
+    except (OSError, ValueError):
+        return -1
+
+
+def wait_until(proc: subprocess.Popen, ready, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, f"ended (rc {proc.returncode}) before {what}"
+        assert time.time() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.05)
+
+
+def start(args: list[str], err: Path, torchrun_port: int = 0) -> subprocess.Popen:
+    """train.py ARGS (under torchrun with 2 processes if a port is given), stderr to `err`."""
+    if torchrun_port:
+        cmd, env = torchrun_cmd(args, torchrun_port), TORCHRUN_ENV
+    else:
+        cmd, env = [sys.executable, str(ROOT / "train.py"), *args], None
+    with open(err, "w") as f:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, env=env)
+
+
+def stop_line(err: Path) -> str:
+    text = err.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    return text.rstrip().rsplit("\n", 1)[-1]
+
+
+def test_sigkill_then_resume(demo, tmp_path, capsys):
+    """A run killed with SIGKILL mid-run (as when a scheduler's grace time runs out) resumes
+    from its last checkpoint and finishes; while it ran, a second run on its folder refused at
+    once, naming it."""
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        "--data",
-        str(demo),
-        "--out",
-        str(out),
-        "--save-every",
-        "1",
-        "--eval-every",
-        "0",
-        *FAST,
-    ]
-    proc = subprocess.Popen(
-        [*cmd, "--steps", "50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 240
-
-    def saved_step():
-        path = out / "checkpoint.pt"
-        return torch.load(path, weights_only=True)["step"] if path.exists() else -1
-
-    while saved_step() < 1 and time.time() < deadline:
-        time.sleep(1)
-    # a second run on the same folder refuses at once, naming the live one
-    other = subprocess.run([*cmd, "--steps", "50", "--resume"], capture_output=True, text=True)
-    assert other.returncode != 0 and f"in use by another train.py (pid {proc.pid})" in other.stderr
-    time.sleep(1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    args = ["--data", str(demo), "--out", str(out), "--save-every", "1", "--eval-every", "0"]
+    args += FAST
+    proc = start([*args, "--steps", "50"], tmp_path / "err.txt")
+    try:
+        wait_until(proc, lambda: logged_step(out) >= 2, "step 2")  # step 1 is saved
+        with pytest.raises(SystemExit, match=rf"in use by another train\.py \(pid {proc.pid}\)"):
+            train.main([*args, "--steps", "50", "--resume"])
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        proc.kill()
     step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
     assert 1 <= step < 50
     (out / "model.pt.x1y2.part").write_bytes(b"half a file")  # as a kill mid-save leaves
-    res = subprocess.run(
-        [*cmd, "--steps", str(step + 2), "--resume"], capture_output=True, text=True, timeout=300
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert f"resuming {out / 'checkpoint.pt'} at step {step}" in res.stderr
+    with pytest.warns(UserWarning, match=r"removing .*model\.pt\.x1y2\.part"):
+        summary = train.train(train.parse_args([*args, "--steps", str(step + 2), "--resume"]))
+    assert summary["step"] == step + 2  # the dead run's lock did not block
+    assert f"resuming {out / 'checkpoint.pt'} at step {step}" in capsys.readouterr().err
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == step + 2
-    assert not list(out.glob("*.part")) and "removing" in res.stderr  # the stale lock did not block
+    assert not list(out.glob("*.part"))
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    """Two training images and no validation split: each process encodes only those."""
+    return data.make_demo(tmp_path_factory.mktemp("small_demo"), n_train=2, n_test=0)
+
+
+QUICK = [*FAST, "--eval-clicks", "0", "--eval-every", "0"]
+
+
+@pytest.fixture(scope="module")
+def whole_run(small_demo, tmp_path_factory):
+    """An uninterrupted 4-step run on small_demo: what the stopped and resumed runs must equal."""
+    out = tmp_path_factory.mktemp("whole")
+    run(["--data", str(small_demo), "--out", str(out), "--steps", "4", *QUICK])
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_the_step_and_resumes(sig, small_demo, whole_run, tmp_path):
+    """SIGTERM (what schedulers send) and SIGINT (Ctrl-C) mid-run: the step ends and is saved,
+    one line says which, exit 128 + signal; resumed, the run equals an uninterrupted one (4
+    steps). --save-every 50: the only save after step 0 is the stop's."""
+    out, err = tmp_path / "run", tmp_path / "err.txt"
+    args = ["--data", str(small_demo), "--out", str(out), *QUICK]
+    proc = start([*args, "--steps", "50", "--save-every", "50"], err)
+    try:
+        wait_until(proc, lambda: logged_step(out) >= 1, "step 1")
+        proc.send_signal(sig)
+        assert proc.wait(timeout=120) == 128 + sig
+    finally:
+        proc.kill()
+    step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    assert 1 <= step < 4
+    assert stop_line(err) == (
+        f"stopped at step {step} ({sig.name}); {out / 'checkpoint.pt'} holds step {step}; "
+        "resume with --resume"
+    )
+    assert torch.load(out / "model.pt", weights_only=True)["step"] == step
+    assert not list(out.glob("*.part"))
+    assert run([*args, "--steps", "4", "--resume"])["step"] == 4
+    a = trainable(torch.load(whole_run / "model.pt", weights_only=True)["model"])
+    b = trainable(torch.load(out / "model.pt", weights_only=True)["model"])
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    assert [int(r["step"]) for r in csv.DictReader(open(out / "log.csv"))] == [0, 1, 2, 3, 4]
+
+
+def test_second_ctrl_c_stops_at_once(small_demo, tmp_path):
+    """Ctrl-C, then Ctrl-C again while the step ends: out at once, exit 130, still one line and
+    no traceback; whatever was saved is whole (model.pt and checkpoint.pt at the same step)."""
+    out, err = tmp_path / "run", tmp_path / "err.txt"
+    args = ["--data", str(small_demo), "--out", str(out), *QUICK]
+    proc = start([*args, "--steps", "50", "--save-every", "50"], err)
+    try:
+        wait_until(proc, lambda: logged_step(out) >= 1, "step 1")
+        proc.send_signal(signal.SIGINT)
+        wait_until(proc, lambda: "Ctrl-C again" in err.read_text(), "the first Ctrl-C's notice")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        proc.kill()
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    assert re.fullmatch(
+        rf"stopped at once at step \d+ \(second SIGINT\); .*checkpoint\.pt holds step {saved}; "
+        "resume with --resume",
+        stop_line(err),
+    )
+    assert torch.load(out / "model.pt", weights_only=True)["step"] == saved
+    assert not list(out.glob("*.part"))
 
 
 def test_new_lr_on_resume_is_used(demo, tmp_path, capsys):
@@ -396,7 +639,7 @@ def test_new_lr_on_resume_is_used(demo, tmp_path, capsys):
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ck["config"]["lr"] == 3e-4
     assert {g["lr"] for g in ck["optimizer"]["param_groups"]} == {3e-4}
-    assert "lr 0.0003" in capsys.readouterr().err
+    assert "resume: --steps 1 -> 2, --lr 1e-05 -> 0.0003\n" in capsys.readouterr().err
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
     assert [float(r["lr"]) for r in rows] == [1e-5, 1e-5, 3e-4]
 
@@ -443,26 +686,61 @@ def test_diverging_run_stops_cleanly(demo, tmp_path):
     assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
 
 
-def torchrun(args: list[str], port: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def torchrun_cmd(args: list[str], port: int) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    cmd += [f"--master_port={port}", str(ROOT / "train.py"), *args, *FAST]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    return cmd + [f"--master_port={port}", str(ROOT / "train.py"), *args, *FAST]
+
+
+def torchrun(args: list[str], port: int) -> subprocess.CompletedProcess:
+    cmd = torchrun_cmd(args, port)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=TORCHRUN_ENV)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
 
-def test_torchrun_resume_equals_uninterrupted(demo, tmp_path):
-    """Each rank's click stream resumes as its own: 2 + 2 steps == 4 steps, under torchrun."""
-    common = ["--data", str(demo), "--eval-every", "0", "--save-every", "2"]
-    whole = torchrun([*common, "--out", str(tmp_path / "a"), "--steps", "4"], 29518)
+def worker(torchrun_pid: int, rank: int) -> int:
+    """The pid of torchrun's worker process of `rank` (Linux /proc)."""
+    for d in Path("/proc").iterdir():
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (d / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == torchrun_pid and f"RANK={rank}".encode() in env:
+            return int(d.name)
+    raise AssertionError(f"no rank {rank} worker under pid {torchrun_pid}")
+
+
+def test_torchrun_stop_and_resume_equal_uninterrupted(small_demo, tmp_path):
+    """SIGTERM to rank 1 alone: both ranks stop at the same step, which rank 0 saves with both
+    ranks' click streams; resumed, the run equals an uninterrupted one bit for bit (a rank that
+    stopped at another step would hang, or resume with the wrong clicks)."""
+    common = ["--data", str(small_demo), "--eval-every", "0", "--eval-clicks", "0"]
+    b, err = tmp_path / "b", tmp_path / "err.txt"
+    proc = start([*common, "--out", str(b), "--steps", "50", "--save-every", "50"], err, 29519)
+    try:
+        wait_until(proc, lambda: logged_step(b) >= 1, "step 1")
+        os.kill(worker(proc.pid, rank=1), signal.SIGTERM)
+        assert proc.wait(timeout=300) != 0
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # torchrun passes it on to its workers
+            proc.wait(timeout=60)
+    ck = torch.load(b / "checkpoint.pt", weights_only=True)
+    step, text = ck["step"], err.read_text()
+    assert step >= 1 and len(ck["gen_states"]) == 2
+    assert f"stopped at step {step} (SIGTERM); {b / 'checkpoint.pt'} holds step {step}" in text
+    assert text.count("stopped at step") == 1  # rank 0 speaks for all
+    torchrun([*common, "--out", str(b), "--steps", str(step + 1), "--resume"], 29520)
+    whole = torchrun([*common, "--out", str(tmp_path / "a"), "--steps", str(step + 1)], 29518)
     assert "replicas identical across ranks" in whole.stderr
-    torchrun([*common, "--out", str(tmp_path / "b"), "--steps", "2"], 29519)
-    torchrun([*common, "--out", str(tmp_path / "b"), "--steps", "4", "--resume"], 29520)
-    a = trainable(torch.load(tmp_path / "a" / "model.pt", weights_only=True)["model"])
-    b = trainable(torch.load(tmp_path / "b" / "model.pt", weights_only=True)["model"])
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    whole_w = trainable(torch.load(tmp_path / "a" / "model.pt", weights_only=True)["model"])
+    resumed_w = trainable(torch.load(b / "model.pt", weights_only=True)["model"])
+    for k in whole_w:
+        torch.testing.assert_close(resumed_w[k], whole_w[k], rtol=0, atol=0, msg=k)
 
 
 def test_torchrun_one_usable_image(tmp_path):
