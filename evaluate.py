@@ -361,7 +361,7 @@ def score_video(sam, frame, labels: list, prompt: str = "mask") -> list[tuple[fl
             first.setdefault(i, t)
     first = {i: t for i, t in first.items() if i not in (0, data.VOID)}
     device, scores = next(sam.parameters()).device, []
-    for start in sorted(set(first.values())):
+    for start in sorted(t for t in set(first.values()) if t < len(labels) - 2):  # else no score
         ids = np.array([i for i, t in first.items() if t == start])
         gts = labels[start][None] == ids[:, None, None]
         if prompt == "mask":

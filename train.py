@@ -128,8 +128,8 @@ class Config:
 # --demo: small enough to finish in a few minutes on a 2-core CPU
 DEMO = dict(data="demo_data", out="runs/demo", model="tiny", steps=40, batch_size=2, max_masks=4)
 DEMO |= dict(eval_every=20, save_every=20, log_every=5, eval_clicks=5)
-VIDEO_DEMO = dict(data="demo_videos", out="runs/demo_video", batch_size=1, frames=4, objects=2)
-VIDEO_DEMO |= dict(steps=20, eval_every=10, save_every=10, log_every=2, eval_clicks=1)
+VIDEO_DEMO = dict(data="demo_videos", out="runs/demo_video", batch_size=1, frames=3, objects=2)
+VIDEO_DEMO |= dict(clicks=2, steps=10, eval_every=5, save_every=5, log_every=1, eval_clicks=1)
 
 
 def flag(name: str) -> str:
@@ -194,8 +194,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     """Command line -> Config; --demo changes the defaults, flags given still win."""
     p = build_parser()
     first = p.parse_args(argv)
+    if first.recipe == "video":
+        p.set_defaults(batch_size=1)  # one clip a step, as Meta's MOSE fine-tune: see ClipCache
     if first.demo:
-        p.set_defaults(**DEMO, **(VIDEO_DEMO if first.recipe == "video" else {}))
+        p.set_defaults(**(DEMO | VIDEO_DEMO if first.recipe == "video" else DEMO))
     try:
         return Config(**vars(p.parse_args(argv)))
     except ValueError as e:
@@ -947,12 +949,15 @@ def main(argv: list[str] | None = None) -> None:
 # ----------------------------------------------------------------------------- video clips
 
 
+GIB_PER_OBJECT_FRAME = 0.75  # activations kept for backward, bf16, hiera any size (README)
+
+
 class ClipCache:
     """Frozen-encoder features of video frames (this rank's share of the videos), computed the
-    first time a clip or an evaluation needs them and kept while there is room: on the GPU up to
-    a quarter of its free memory, then in (pinned) CPU memory up to half the free RAM (--cache
-    gpu / cpu / off narrow that); frames beyond are encoded again when used. `ids` lists the
-    usable videos: those whose first annotated frame shows an object."""
+    first time a clip or an evaluation needs them and kept while there is room: on the GPU in
+    half of what a step's activations leave free, then in (pinned) CPU memory up to half the
+    free RAM (--cache gpu / cpu / off narrow that); frames beyond are encoded again when used.
+    `ids` lists the usable videos: those whose first annotated frame shows an object."""
 
     def __init__(self, videos, indices: list[int], cfg: Config, sam, device, progress=False):
         self.videos, self.cfg, self.sam, self.device = videos, cfg, sam, device
@@ -963,8 +968,15 @@ class ClipCache:
         gpu = device.type == "cuda" and cfg.cache in ("auto", "gpu")
         cpu = cfg.cache in ("auto", "cpu") or cfg.cache == "gpu" and not gpu
         ram = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        self.room = {"gpu": 0.25 * torch.cuda.mem_get_info(device)[0] if gpu else 0}
-        self.room["cpu"] = ram / 2 if cpu else 0
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else ram
+        need = cfg.batch_size * cfg.frames * cfg.objects * GIB_PER_OBJECT_FRAME * 2**30
+        if need > free:
+            warnings.warn(
+                f"a step needs about {need / 2**30:.0f} GiB for activations ({GIB_PER_OBJECT_FRAME}"
+                f" GiB per clip, frame and object), {free / 2**30:.0f} GiB are free: lower "
+                "--batch-size, --frames or --objects"
+            )
+        self.room = {"gpu": max(free - need, 0) / 2 if gpu else 0, "cpu": ram / 2 if cpu else 0}
         self.mode = f"video frames, kept while room (GPU {self.room['gpu'] / 2**30:.1f} GiB, "
         self.mode += f"CPU {self.room['cpu'] / 2**30:.1f} GiB)"
 

@@ -33,13 +33,13 @@ MEMORY = ("memory_attention.", "memory_encoder.", "obj_ptr", "mask_downsample.",
 MEMORY += ("no_obj_ptr", "no_obj_embed_spatial", "no_mem_embed")
 
 
-def small_sam(seed: int = 0):
+def small_sam(seed: int = 0, size: int = SIZE):
     from sam2.build_sam import build_sam2
 
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        over = [f"++model.image_size={SIZE}"]
+        over = [f"++model.image_size={size}"]
         return build_sam2(MODELS["tiny"][0], None, device="cpu", hydra_overrides_extra=over)
 
 
