@@ -3,6 +3,7 @@
     python data.py --make-demo demo_data      # small synthetic LabPics-style dataset
     python data.py demo_data                  # what was found: format, splits, instances, skips
     python data.py /data/LabPicsV1 --complex  # include the Complex/ part of LabPics
+    python data.py --make-video-demo demo_videos && python data.py demo_videos  # videos
     python -m pytest -q tests/test_data.py
 
 Layouts (picked from what the path points at, see detect_format):
@@ -759,16 +760,11 @@ def main(argv: list[str] | None = None) -> int:
 
 # ----------------------------------------------------------------------------- videos
 #
-# Video object segmentation data for --recipe video (DAVIS 2017, YouTube-VOS, MOSE):
-#   ROOT/JPEGImages[/480p]/<video>/00000.jpg + ROOT/Annotations[/480p]/<video>/00000.png
-#       (DAVIS: the 480p level, else Full-Resolution; ROOT/ImageSets/2017/{train,val}.txt name
-#       the videos of each split)
-#   ROOT/{train,valid}/JPEGImages/<video>/... + ROOT/{train,valid}/Annotations/<video>/...
-#       (YouTube-VOS, MOSE; a valid/ annotated on first frames only, as the benchmarks ship it,
-#       cannot be scored: train/ is then split as below)
-# Annotations are palette or gray PNGs of object ids (0 background, 255 void, ignored); a frame
-# without one has no ground truth (YouTube-VOS annotates every 5th). Without split lists, 20% of
-# the videos by a hash of their names are validation.
+# --recipe video data: DAVIS 2017 (ROOT/JPEGImages[/480p]/<video>/00000.jpg + ROOT/Annotations
+# [/480p]/<video>/00000.png, split by ROOT/ImageSets/2017/{train,val}.txt), YouTube-VOS and MOSE
+# (the same under ROOT/train/ and ROOT/valid/; a valid/ annotated on first frames only cannot be
+# scored). Otherwise 20% of the videos by name hash are validation. Label PNGs hold object ids
+# (0 background, 255 void); a frame without one has no ground truth (YouTube-VOS: every 5th has).
 
 VOID = 255
 VIDEO_DIRS = ("JPEGImages", "Annotations")
@@ -869,8 +865,8 @@ def object_ids(labels: np.ndarray) -> np.ndarray:
 
 
 def video_labels(video: Video, t: int) -> np.ndarray | None:
-    """Frame t's object ids (H, W) int32 (0 background, VOID ignored), None if not annotated."""
-    return None if video.labels[t] is None else read_label_map(video.labels[t])
+    """Frame t's object ids (H, W) uint16 (0 background, VOID ignored), None if not annotated."""
+    return None if video.labels[t] is None else read_label_map(video.labels[t]).astype(np.uint16)
 
 
 def summarize_videos(root: str | Path) -> str:
@@ -905,7 +901,6 @@ def make_video_demo(
     box cross, the box passing in front (occlusion) and leaving the frame, a triangle entering
     from the left, on a textured background; palette label PNGs, ImageSets/2017 lists."""
     root, (h, w) = Path(root), size
-    palette = np.array([[0, 0, 0], [200, 40, 40], [40, 200, 40], [40, 40, 220]], np.uint8)
     lists = root / "ImageSets" / "2017"
     lists.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("val", n_test)):
@@ -933,15 +928,11 @@ def make_video_demo(
                 img = bg + rng.normal(0, 6, (h, w, 3)).astype(np.float32)
                 for k in (1, 2, 3):
                     img[lab == k] = colours[k] + rng.normal(0, 8, ((lab == k).sum(), 3))
-                frame = np.clip(img, 0, 255).astype(np.uint8)
-                _write(
-                    root / VIDEO_DIRS[0] / name / f"{t:05d}.jpg",
-                    frame,
-                    [cv2.IMWRITE_JPEG_QUALITY, 90],
-                )
-                png = Image.fromarray(lab)
-                png.putpalette(palette.flatten().tolist())
-                png.save(root / VIDEO_DIRS[1] / name / f"{t:05d}.png")
+                jpg, png = (root / d / name / f"{t:05d}" for d in VIDEO_DIRS)
+                _write(jpg.with_suffix(".jpg"), np.clip(img, 0, 255).astype(np.uint8))
+                label = Image.fromarray(lab)
+                label.putpalette([0, 0, 0, 200, 40, 40, 40, 200, 40, 40, 40, 220])
+                label.save(png.with_suffix(".png"))
     return root
 
 

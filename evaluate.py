@@ -3,6 +3,7 @@
     python evaluate.py --data LabPicsV1 --model small                      # official weights
     python evaluate.py --data LabPicsV1 --checkpoint runs/labpics/best.pt  # a fine-tuned model
     python evaluate.py --data demo_data --model tiny --checkpoint none --max-clicks 5 --device cpu
+    python evaluate.py --data /data/DAVIS --checkpoint runs/davis/best.pt  # videos: J&F
 
 Every mask of every image is segmented from clicks alone. Click 1 is at the centre of the object;
 each next click is at the centre of the largest error of the current prediction (the point
@@ -275,14 +276,19 @@ def main(argv: list[str] | None = None) -> dict:
     model.plain_warnings()
     try:
         device = model.resolve_device(args.device)
-        ds = data.load_split(args.data, args.split)  # before the model: bad paths fail fast
+        video = data.detect_format(args.data) == "video"  # DAVIS / YouTube-VOS / MOSE: J&F
+        load = data.load_videos if video else data.load_split
+        ds = load(args.data, args.split)  # before the model: bad paths fail fast
         name = args.model
         if name is None:
             is_file = args.checkpoint and Path(args.checkpoint).is_file()
             name = (model.model_name_in(args.checkpoint) if is_file else None) or "small"
         sam = model.load_model(name, args.checkpoint, device).eval()
         pairs = ((s.image, s.masks) for s in (ds[i] for i in range(len(ds))) if s and len(s.masks))
-        metrics = evaluate_model(sam, pairs, device, args.max_clicks, total=len(ds))
+        if video:
+            metrics = evaluate_videos(sam, encoded_videos(sam, ds, device), total=len(ds))
+        else:
+            metrics = evaluate_model(sam, pairs, device, args.max_clicks, total=len(ds))
     except (model.CheckpointError, data.DataError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     if not metrics["masks"]:
@@ -405,6 +411,18 @@ def evaluate_videos(
         j, f = np.array(s).reshape(-1, 2).mean(0) if s else (np.nan, np.nan)
         out |= {f"jf_{p}": float((j + f) / 2), f"j_{p}": float(j), f"f_{p}": float(f)}
     return out
+
+
+def encoded_videos(sam, videos: list, device):
+    """(frame(t) -> encode_frames features, label maps) of each data.Video, for evaluate_videos;
+    frames are read and encoded when tracking reaches them."""
+    for v in videos:
+
+        def frame(t, v=v):
+            with torch.no_grad(), autocast(device):
+                return model.encode_frames(sam, [data.read_rgb(v.frames[t])])
+
+        yield frame, [data.video_labels(v, t) for t in range(len(v.frames))]
 
 
 if __name__ == "__main__":

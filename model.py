@@ -455,27 +455,24 @@ def frame_prompt(sam, hw, points=None, labels=None, boxes=None, masks=None) -> d
 
 
 def track_clip(sam, frame, num_frames: int, n_obj: int, prompts: dict, correct=None, clicks=0):
-    """Track B = n_obj objects through a clip with SAM 2's memory; yields frame by frame.
+    """Track B = n_obj objects through a clip with SAM 2's memory, as SAM2Train; yields per frame
+    (t, passes [(masks (B, C, h, w), scores (B, C), object logits (B, 1)) per decoder pass],
+    the low-res logits shown (B, 1, h, w)).
 
-    frame(t) -> Features of frame t (1 row, encode_frames), shared by the B objects.
-    prompts: {t: frame_prompt(...)}: these frames are processed first, with no memory (SAM 2's
-    initial conditioning frames); then every later frame from the first prompted one on, in order.
-    correct: {t: fn(low_res (B, 1, h, w)) -> (points (B, 1, 2), labels (B, 1)) in the model's
-    frame}: on those frames `clicks` more decoder passes follow, each adding the click fn gives
-    and feeding back the previous mask, and the frame becomes a conditioning frame (Meta's
-    _iter_correct_pt_sampling with add_all_frames_to_correct_as_cond).
-    Yields (t, passes, final): passes [(masks (B, C, h, w), scores (B, C), object logits (B, 1))]
-    one per decoder pass, final the low-res logits shown (B, 1, h, w).
-
-    A frame's memory is encoded from its final logits upscaled to image_size (what SAM2Train does
-    and, for a frame prompted by a mask, what SAM2VideoPredictor does). In eval mode memories are
-    kept in bf16 as the predictor keeps them, so the masks equal its masks.
+    frame(t) -> Features of frame t (encode_frames, 1 row). prompts {t: frame_prompt(...)}: those
+    frames go first, without memory; then each frame from the first prompted one on. correct
+    {t: fn(low_res) -> (points (B, 1, 2), labels (B, 1))}: `clicks` more passes on frame t, each
+    with the click fn gives and the previous mask; t then conditions later frames (Meta's
+    _iter_correct_pt_sampling, add_all_frames_to_correct_as_cond). Memories are encoded from the
+    final logits upscaled to image_size (as the predictor does for a mask prompt), and kept in
+    bf16 in eval mode as the predictor keeps them: its masks and these are the same.
     """
     from sam2.utils.misc import concat_points
 
     correct, s = correct or {}, sam.image_size
     bank = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     order = [*prompts, *(t for t in range(min(prompts), num_frames) if t not in prompts)]
+    keep = max(sam.max_obj_ptrs_in_encoder, sam.num_maskmem * sam.memory_temporal_stride_for_eval)
     pos = None
     for t in order:
         f = frame(t)
@@ -507,4 +504,5 @@ def track_clip(sam, frame, num_frames: int, n_obj: int, prompts: dict, correct=N
             "maskmem_features": mem if sam.training else mem.to(torch.bfloat16),
             "maskmem_pos_enc": mem_pos,
         }
+        bank["non_cond_frame_outputs"].pop(t - keep, None)  # no later frame reads it
         yield t, [(h[0], h[2], h[6]) for h in passes], low_res

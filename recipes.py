@@ -272,20 +272,10 @@ def interactive_loss(
 
 # ----------------------------------------------------------------------------- the video recipe
 #
-# --recipe video trains SAM 2's memory the way Meta's MOSE fine-tune does
-# (sam2/configs/sam2.1_training/sam2.1_hiera_b+_MOSE_finetune.yaml, training/model/sam2.py):
-# a clip of --frames frames and up to --objects objects, tracked frame by frame (model.track_clip)
-# on cached features of the frozen encoder, everything else trained. Prompts per clip: frame 0,
-# and with probability 0.5 one more random frame, get each object's ground-truth mask
-# (probability 0.5), else, per frame, its jittered box (0.5) or one click inside it; with boxes
-# and clicks, those frames get --clicks correction clicks, and when only frame 0 is prompted,
-# with probability 0.5 one more random frame does too (it then conditions the later frames).
-# Extra frames are drawn among those with ground truth showing every object (Meta draws any).
-# Loss: Meta's MultiStepMultiMasksAndIous, i.e. per object, frame with ground truth and decoder
-# pass, 20 x focal + dice + |score - IoU| where the object is present (the best of 3 outputs
-# for the mask terms) + BCE of the object score against "present", averaged over objects. As in
-# the interactive recipe it is computed on the decoder's low-res grid against area-downscaled
-# masks; void pixels (label 255) count neither way.
+# --recipe video: Meta's MOSE fine-tune (sam2.1_hiera_b+_MOSE_finetune.yaml, training/model/
+# sam2.py) on cached features of the frozen encoder: clips tracked by model.track_clip, prompted
+# as video_prompts says, scored by Meta's loss (video_loss) on the decoder's low-res grid against
+# area-downscaled masks, as the interactive recipe. Void pixels (label 255) count neither way.
 
 
 @dataclass
@@ -300,10 +290,13 @@ class Clip:
 
 
 def video_prompts(sam, clip: Clip, gen: torch.Generator, p: float = 0.5) -> tuple[dict, list]:
-    """Meta's MOSE fine-tune prompts for `clip` (above; every probability `p`). Returns
+    """Meta's MOSE fine-tune prompts for `clip`, every probability `p`: frame 0, and maybe one
+    more frame, get each object's mask, else (per frame) its jittered box or one click inside it;
+    with boxes and clicks those frames, and maybe one more, get correction clicks. Extra frames
+    are drawn among those with ground truth showing every object (Meta draws any). Returns
     ({frame: model.frame_prompt(...)}, the frames that get correction clicks)."""
     gts, dev = clip.gts, clip.gts[0].device
-    u = _rand(6, gen, dev).tolist()
+    u = _rand(5, gen, dev).tolist()
     full = [t for t in range(1, len(gts)) if gts[t] is not None and gts[t].flatten(1).any(1).all()]
     cond = [0] + ([full[int(u[0] * len(full))]] if full and u[1] < p else [])
     prompts, use_mask = {}, u[2] < p
@@ -325,9 +318,10 @@ def video_loss(
     frames, clip: Clip, weights: tuple[float, ...] = (20.0, 1.0, 1.0, 1.0)
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Meta's MultiStepMultiMasksAndIous on model.track_clip's output `frames` (its (t, passes,
-    final) items), times the number of objects B. weights: focal, dice, IoU, object score.
-    Returns the loss summed over objects, frames with ground truth and passes, and the IoU per
-    object (B,) of the mask shown, averaged over those frames."""
+    final) items) times the number of objects B: per object, frame with ground truth and pass,
+    20 x focal + dice + |score - IoU| if the object is there (3 outputs: the best one's mask
+    terms), + BCE of its object score against "there". Returns that sum and the IoU per object
+    (B,) of the mask shown, averaged over those frames."""
     total, iou, n = 0.0, 0.0, 0
     for t, passes, final in frames:
         g = clip.gts[t]

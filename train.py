@@ -10,6 +10,7 @@ resumes, validation IoU, any device, DistributedDataParallel under torchrun.
     python train.py --data LabPicsV1 --model small --out runs/labpics
     python train.py --data LabPicsV1 --model small --out runs/labpics --resume   # after a stop
     torchrun --nproc_per_node=4 train.py --data LabPicsV1 --out runs/ddp
+    python train.py --recipe video --data DAVIS --out runs/davis   # SAM 2's memory, on clips
     python train.py --help                                    # every option, in groups
 
 Outputs in --out: checkpoint.pt (resumable), model.pt and best.pt (SAM 2's own format: load with
@@ -977,8 +978,9 @@ class ClipCache:
                 "--batch-size, --frames or --objects"
             )
         self.room = {"gpu": max(free - need, 0) / 2 if gpu else 0, "cpu": ram / 2 if cpu else 0}
-        self.mode = f"video frames, kept while room (GPU {self.room['gpu'] / 2**30:.1f} GiB, "
-        self.mode += f"CPU {self.room['cpu'] / 2**30:.1f} GiB)"
+        self.mode = "frames kept in GPU / CPU: {:.1f} / {:.1f} GiB".format(
+            *(v / 2**30 for v in self.room.values())
+        )
 
     def keep(self, ids: list[int]) -> None:
         """Use exactly the videos `ids` (those usable)."""

@@ -81,11 +81,32 @@ def test_video_run_writes_outputs_and_resumes_bit_for_bit(clips, small, base, tm
 
 def test_video_flags(tmp_path):
     cfg = train.parse_args(["--demo", "--recipe", "video"])
-    assert (cfg.data, cfg.frames, cfg.model) == ("demo_videos", 4, "tiny")
-    assert train.parse_args(["--data", "x", "--recipe", "video"]).frames == 8
+    assert (cfg.data, cfg.frames, cfg.batch_size, cfg.model) == ("demo_videos", 3, 1, "tiny")
+    cfg = train.parse_args(["--data", "x", "--recipe", "video"])
+    assert (cfg.frames, cfg.objects, cfg.batch_size) == (8, 3, 1)  # 1 clip a step (memory)
+    assert (
+        train.parse_args(["--data", "x", "--recipe", "video", "--batch-size", "2"]).batch_size == 2
+    )
+    assert train.parse_args(["--data", "x"]).batch_size == 4
     with pytest.raises(SystemExit):
         train.parse_args(["--data", "x", "--recipe", "video", "--frames", "0"])
     with pytest.raises(SystemExit):
         train.parse_args(["--data", "x", "--recipe", "video", "--train-encoder"])
     with pytest.raises(data.DataError, match="--recipe video"):
         train.open_data(train.Config(data=str(data.make_video_demo(tmp_path, 2, 1, 2))))
+
+
+def test_evaluate_cli_scores_videos(clips, base, tmp_path, monkeypatch):
+    """evaluate.py on a video dataset: J&F of each protocol, written to --out."""
+    import evaluate
+    import model
+
+    monkeypatch.setattr(model, "load_model", lambda *args: copy.deepcopy(base))
+    out = tmp_path / "eval.json"
+    argv = ["--data", str(clips), "--checkpoint", "none", "--device", "cpu", "--out", str(out)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = evaluate.main(argv)
+    m = json.loads(out.read_text())["metrics"]
+    assert m == result["metrics"] and m["masks"] >= 2 and 0 <= m["jf_mask"] <= 1
+    assert set(m) >= {"j_mask", "f_mask", "jf_click", "j_click", "f_click"}
