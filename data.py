@@ -895,7 +895,7 @@ def summarize_videos(root: str | Path) -> str:
 
 
 def make_video_demo(
-    root: str | Path, n_train: int = 4, n_test: int = 1, frames: int = 6, size=(120, 160), seed=0
+    root: str | Path, n_train: int = 4, n_test: int = 1, frames: int = 4, size=(120, 160), seed=0
 ) -> Path:
     """Write a synthetic DAVIS-style dataset of `frames`-frame clips (size (H, W)): a disc and a
     box cross, the box passing in front (occlusion) and leaving the frame, a triangle entering

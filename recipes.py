@@ -297,9 +297,11 @@ def video_prompts(sam, clip: Clip, gen: torch.Generator, p: float = 0.5) -> tupl
     ({frame: model.frame_prompt(...)}, the frames that get correction clicks)."""
     gts, dev = clip.gts, clip.gts[0].device
     u = _rand(5, gen, dev).tolist()
-    full = [t for t in range(1, len(gts)) if gts[t] is not None and gts[t].flatten(1).any(1).all()]
-    cond = [0] + ([full[int(u[0] * len(full))]] if full and u[1] < p else [])
-    prompts, use_mask = {}, u[2] < p
+    later = [t for t in range(1, len(gts)) if gts[t] is not None]
+    full = [t for t in later if gts[t].flatten(1).any(1).all()]
+    cond = [0] + ([full[int(u[0] * len(full))]] if len(later) > 1 and full and u[1] < p else [])
+    # masks only when a frame with ground truth is left to track (else nothing would learn)
+    prompts, use_mask = {}, u[2] < p and len(later) >= len(cond)
     for t in cond:
         g = gts[t]
         if use_mask:

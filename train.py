@@ -129,8 +129,8 @@ class Config:
 # --demo: small enough to finish in a few minutes on a 2-core CPU
 DEMO = dict(data="demo_data", out="runs/demo", model="tiny", steps=40, batch_size=2, max_masks=4)
 DEMO |= dict(eval_every=20, save_every=20, log_every=5, eval_clicks=5)
-VIDEO_DEMO = dict(data="demo_videos", out="runs/demo_video", batch_size=1, frames=3, objects=2)
-VIDEO_DEMO |= dict(clicks=2, steps=10, eval_every=5, save_every=5, log_every=1, eval_clicks=1)
+VIDEO_DEMO = dict(data="demo_videos", out="runs/demo_video", batch_size=1, frames=2, objects=2)
+VIDEO_DEMO |= dict(clicks=1, steps=6, eval_every=0, save_every=3, log_every=1, eval_clicks=1)
 
 
 def flag(name: str) -> str:
@@ -909,7 +909,8 @@ def train(cfg: Config) -> dict:
         )
         if rank == 0:
             print(
-                f"{len(train_set)} train / {len(val_set)} val images; feature cache: "
+                f"{len(train_set)} train / {len(val_set)} val "
+                f"{'videos' if cfg.recipe == 'video' else 'images'}; feature cache: "
                 f"{train_cache.mode}; device {device}, {world} process(es)",
                 file=sys.stderr,
             )

@@ -288,6 +288,30 @@ def test_video_loss_equals_metas():
     assert masks.grad[:, :, :4].abs().max() == 0 and masks.grad[:, :, 4:].abs().max() > 0
 
 
+def test_video_prompts_leave_a_frame_to_learn_from():
+    """Masks as prompts teach nothing unless a later frame with ground truth is tracked (a clip
+    with only mask-prompted frames has a constant loss): such clips get boxes or clicks, and a
+    second prompted frame is drawn only when another annotated frame stays tracked."""
+    sam = types.SimpleNamespace(image_size=SIZE)
+    g = torch.zeros(2, 20, 30, dtype=torch.bool)
+    g[:, 5:15, 5:20] = True
+    for gts in ([g], [g, None, None], [g, g]):
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(50):
+            prompts, _ = recipes.video_prompts(sam, recipes.Clip(None, gts, [None] * 3), gen)
+            annotated = sum(x is not None for x in gts)
+            if annotated - len(prompts) < 1:
+                assert all("mask" not in p for p in prompts.values())
+            assert len(prompts) < max(annotated, 2)
+    gen, kinds = torch.Generator().manual_seed(0), set()
+    for _ in range(50):
+        prompts, correct = recipes.video_prompts(sam, recipes.Clip(None, [g] * 4, [None] * 4), gen)
+        kinds |= {"mask" if "mask" in p else p["point_labels"].shape[1] for p in prompts.values()}
+        assert (correct == []) == ("mask" in prompts[0])  # clicks and boxes get corrections
+        assert set(prompts) <= set(correct) or not correct
+    assert kinds == {"mask", 1, 2}  # masks, clicks and boxes (two corner points) all happen
+
+
 def test_gradients_reach_the_memory_not_the_encoder():
     """The video loss of one clip: every memory part gets a gradient, the encoder none (it is
     frozen, and its cached features carry no graph)."""

@@ -81,7 +81,7 @@ def test_video_run_writes_outputs_and_resumes_bit_for_bit(clips, small, base, tm
 
 def test_video_flags(tmp_path):
     cfg = train.parse_args(["--demo", "--recipe", "video"])
-    assert (cfg.data, cfg.frames, cfg.batch_size, cfg.model) == ("demo_videos", 3, 1, "tiny")
+    assert (cfg.data, cfg.frames, cfg.batch_size, cfg.model) == ("demo_videos", 2, 1, "tiny")
     cfg = train.parse_args(["--data", "x", "--recipe", "video"])
     assert (cfg.frames, cfg.objects, cfg.batch_size) == (8, 3, 1)  # 1 clip a step (memory)
     assert (
