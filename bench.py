@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import gc
 import json
@@ -65,6 +66,7 @@ FULL = {
     "infer_images": 16,
     "points": 30,
     "workers": train.Config.workers,
+    "video_frames": train.Config.frames,
 }
 QUICK = {
     "model": "tiny",
@@ -77,6 +79,7 @@ QUICK = {
     "infer_images": 2,
     "points": 30,
     "workers": 0,
+    "video_frames": 2,
 }
 
 
@@ -107,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opt("--infer-images", int, "images segmented by each inference method")
     opt("--points", int, "random points per image at inference")
     opt("--workers", int, "our DataLoader workers for the first pass over the files")
+    opt("--video-frames", int, "frames per clip of the --recipe video timing")
+    add("--video", action=argparse.BooleanOptionalAction, help="time --recipe video (--quick: off)")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default auto)")
     add("--seed", type=int, default=0, help="seed for data, weights, points (default 0)")
     add("--json", help="also write the figures to this JSON file")
@@ -115,6 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.video = not args.quick if args.video is None else args.video
     if args.model not in MODELS:
         p.error(f"--model {args.model!r} is not one of {', '.join(MODELS)}")
     for key in ("images", "steps", "batch_size", "max_masks", "infer_images", "points"):
@@ -503,6 +509,54 @@ def time_our_training(
     }
 
 
+def time_video_training(args, work: Path, device: torch.device) -> dict:
+    """train.py's --recipe video at its defaults (1 clip a step, up to 3 objects, 7 correction
+    clicks) on clips of --video-frames generated 480x854 frames: one step to fill the feature
+    cache, then --steps timed steps. Also the bytes autograd keeps for backward in one step (its
+    activation memory, on any device)."""
+    new_phase(device)
+    clips, frames = 1, args.video_frames
+    root = data.make_video_demo(work / "videos", clips, 0, frames, (480, 854), args.seed)
+    cfg = train.Config(data=str(root), model=args.model, checkpoint="none", recipe="video")
+    cfg = dataclasses.replace(cfg, batch_size=clips, frames=frames, device=str(device))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sam, opt, scaler, gen, _ = train.build(cfg, train.Context(0, 1, device, root), None)
+    sam.train()
+    sam.image_encoder.eval()
+    cache = train.ClipCache(data.load_videos(root, "train"), list(range(clips)), cfg, sam, device)
+    trainer, weights = (
+        train.Trainable(sam),
+        {p.untyped_storage().data_ptr() for p in sam.parameters()},
+    )
+    saved, objects = {}, []
+
+    def run(first: int, n: int) -> int:
+        for s in range(first, first + n):
+            batch = train.sample_clips(cache, train.batch_indices(s, cache.ids, clips, 0), cfg, gen)
+            objects.extend(len(c.gts[0]) for c in batch)
+            train.train_step(trainer, batch, opt, scaler, cfg, gen, device)[0].item()
+        return n
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if (ptr := t.untyped_storage().data_ptr()) not in weights:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run(0, 1)
+    n, secs = timed(device, lambda: run(1, args.steps))
+    return {
+        "frames_per_s": n * clips * frames / secs,
+        "s_per_step": secs / n,
+        "clips": clips,
+        "frames": frames,
+        "objects": sum(objects) / len(objects),
+        "peak_gib": peak_gib(device),
+        "saved_gib": sum(saved.values()) / 2**30,
+    }
+
+
 def time_article_inference(
     args, images: list[Path], regions: Path, out: Path, device: torch.device
 ) -> dict:
@@ -626,6 +680,16 @@ def report(r: dict) -> str:
         f"{it['masks_per_s']:12.2f}{it['masks_per_s'] / tr['article']['masks_per_s']:13.1f}x",
         f"{'    (batch {}, 1 + 7 passes) peak memory'.format(it['batch_size']):46}{'':>12}"
         f"{mem(it['peak_gib']):>12}",
+    ]
+    if "video" in tr:
+        v = tr["video"]
+        what = f"    ({v['clips']} x {v['frames']} frames, {v['objects']:.1f} objects) peak memory"
+        lines += [
+            f"{'  ours, --recipe video: frames/s':46}{'':>12}{v['frames_per_s']:12.2f}",
+            f"{what:46}{'':>12}{mem(v['peak_gib']):>12}",
+            f"{'    activations kept for backward':46}{'':>12}{mem(v['saved_gib']):>12}",
+        ]
+    lines += [
         "",
         f"{'inference (folder, {} points, files r/w)'.format(r['points']):46}{'article':>12}"
         f"{'ours':>12}{'article/ours':>14}",
@@ -656,6 +720,7 @@ def run_all(args, root: Path, work: Path, device: torch.device) -> dict:
     article_train = time_article_training(args, entries, device)
     ours_train = time_our_training(args, root, entries, device)
     interactive = time_our_training(args, root, entries, device, "interactive")
+    video = {"video": time_video_training(args, work, device)} if args.video else {}
     article_inf = time_article_inference(
         args, sorted(folder.iterdir()), regions, work / "article_out", device
     )
@@ -675,6 +740,7 @@ def run_all(args, root: Path, work: Path, device: torch.device) -> dict:
             "article": article_train,
             "ours": ours_train,
             "interactive": interactive,
+            **video,
             "ratio": ours_train["masks_per_s"] / article_train["masks_per_s"],
             "ratio_first_epoch": ours_train["first_epoch_masks_per_s"]
             / article_train["masks_per_s"],

@@ -6,6 +6,7 @@ and labelme.
     python data.py demo_data                  # what was found: layout, splits, instances, skips
     python data.py /data/LabPicsV1 --complex  # include the Complex/ part of LabPics
     python data.py cvat_export --crowd-instances  # CVAT's COCO export: its masks are crowd regions
+    python data.py --make-video-demo demo_videos && python data.py demo_videos  # videos
     python -m pytest -q tests/test_data.py
 
 The layout is picked from what the path points at: the first entry of LAYOUTS whose detect()
@@ -814,6 +815,13 @@ class Layout:
 
 LAYOUTS = [  # tried in this order
     Layout(
+        "video",
+        "ROOT/JPEGImages/<video>/00000.jpg + ROOT/Annotations/<video>/00000.png (DAVIS; "
+        "YouTube-VOS, MOSE: under ROOT/train/ and ROOT/valid/), for --recipe video",
+        lambda r: bool(_video_parts(r)),
+        lambda r, opts: _videos_only(r),
+    ),
+    Layout(
         "labpics",
         "ROOT/Simple/Train/Image/x.jpg + ROOT/Simple/Train/Instance/x.png (Test/ likewise)",
         lambda r: _labpics_base(r) is not None,
@@ -1210,6 +1218,8 @@ SPLIT_TEXT = {
 def _summary(root: Path, opts: Options) -> tuple[str, int]:
     """summarize()'s text and the number of usable training images (read, with instances)."""
     fmt = detect_format(root)
+    if fmt == "video":
+        return summarize_videos(root)
     parts = _parts(root, fmt, opts)
     lines = [f"data:    {root} ({fmt} layout)"]
     lines += [f"source:  {s} -> {SPLIT_TEXT.get(t, t)}" for s, t, _ in parts]
@@ -1265,6 +1275,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Inspect a dataset, or write the demo dataset.")
     p.add_argument("data", nargs="?", help="dataset path (a folder, a COCO .json, a data.yaml)")
     p.add_argument("--make-demo", metavar="DIR", help="write the synthetic demo dataset to DIR")
+    p.add_argument("--make-video-demo", metavar="DIR", help="write synthetic demo videos to DIR")
     p.add_argument("--n-train", type=int, default=16)
     p.add_argument("--n-test", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
@@ -1281,7 +1292,7 @@ def main(argv: list[str] | None = None) -> int:
         help="value of 8-bit / palette label PNGs that is no instance (VOC's void); -1: none",
     )
     args = p.parse_args(argv)
-    if not args.data and not args.make_demo:
+    if not (args.data or args.make_demo or args.make_video_demo):
         p.print_usage(sys.stderr)
         print("error: give a dataset path or --make-demo DIR", file=sys.stderr)
         return 2
@@ -1289,6 +1300,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.make_demo:
             out = make_demo(args.make_demo, args.n_train, args.n_test, args.seed)
             print(f"wrote demo dataset to {out}")
+        if args.make_video_demo:
+            print(f"wrote demo videos to {make_video_demo(args.make_video_demo, seed=args.seed)}")
         if args.data:
             opts = Options(args.complex, args.crowd_instances, args.ignore_index)
             text, usable = _summary(Path(args.data), opts)
@@ -1302,6 +1315,200 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+# ----------------------------------------------------------------------------- videos
+#
+# --recipe video data: DAVIS 2017 (ROOT/JPEGImages[/480p]/<video>/00000.jpg + ROOT/Annotations
+# [/480p]/<video>/00000.png, split by ROOT/ImageSets/2017/{train,val}.txt), YouTube-VOS and MOSE
+# (the same under ROOT/train/ and ROOT/valid/; a valid/ annotated on first frames only cannot be
+# scored). Otherwise 20% of the videos by name hash are validation. Label PNGs hold object ids
+# (0 background, 255 void); a frame without one has no ground truth (YouTube-VOS: every 5th has).
+
+VOID = 255
+VIDEO_DIRS = ("JPEGImages", "Annotations")
+
+
+@dataclass
+class Video:
+    """One video: its frames in order and the label PNG of each (None: not annotated)."""
+
+    name: str
+    frames: list[Path]
+    labels: list[Path | None]
+
+
+def _has_videos(root: Path) -> bool:
+    """JPEGImages/ holds a folder per video (Pascal VOC's JPEGImages/ + Annotations/ hold files)."""
+    frames = root / VIDEO_DIRS[0]
+    return (
+        (root / VIDEO_DIRS[1]).is_dir()
+        and frames.is_dir()
+        and any(p.is_dir() for p in frames.iterdir())
+    )
+
+
+def _video_parts(root: Path) -> list[tuple[Path, Path, str | None]]:
+    """(frames folder, annotations folder, split or None) of each part of a video dataset."""
+    if _has_videos(root):
+        level = next(
+            (n for n in ("480p", "Full-Resolution") if (root / VIDEO_DIRS[0] / n).is_dir()), ""
+        )
+        return [(root / VIDEO_DIRS[0] / level, root / VIDEO_DIRS[1] / level, None)]
+    return [
+        (root / d / VIDEO_DIRS[0], root / d / VIDEO_DIRS[1], s)
+        for d, s in (("train", "train"), ("valid", "test"), ("val", "test"))
+        if _has_videos(root / d)
+    ]
+
+
+def _videos_in(frames_dir: Path, ann_dir: Path) -> list[Video]:
+    def order(p: Path):  # 5.jpg before 10.jpg, like SAM 2's frame loader
+        return (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.name)
+
+    out = []
+    for d in sorted(p for p in frames_dir.iterdir() if p.is_dir()):
+        frames = sorted(_images_in(d), key=order)
+        anns = {p.stem: p for p in _images_in(ann_dir / d.name) if p.suffix.lower() == ".png"}
+        out.append(Video(d.name, frames, [anns.get(f.stem) for f in frames]))
+    return out
+
+
+def _videos_only(root: Path) -> Parts:
+    raise DataError(f"{root} holds videos: train on them with --recipe video")
+
+
+def find_videos(root: str | Path, split: str = "train") -> tuple[list[Video], str]:
+    """The videos of one split ('train', 'test'/'val' or 'all') and how the split was made."""
+    root, split = Path(root), _norm_split(split)
+    parts = [(_videos_in(f, a), s) for f, a, s in _video_parts(root)]
+    if not parts:
+        raise DataError(f"{root}: no video layout (JPEGImages/ + Annotations/) found")
+    lists = sorted((root / "ImageSets").glob("*/train.txt"))
+    if lists and parts[0][1] is None:
+        names = {
+            s: lists[-1].with_name(f) for s, f in (("train", "train.txt"), ("test", "val.txt"))
+        }
+        keep = {s: set(p.read_text().split()) if p.is_file() else set() for s, p in names.items()}
+        how = f"split lists {lists[-1].parent.relative_to(root)}/"
+        return [v for v in parts[0][0] if split == "all" or v.name in keep[split]], how
+    scorable = any(
+        s == "test" and sum(a is not None for a in v.labels) > 1 for vs, s in parts for v in vs
+    )
+    if scorable:
+        return [v for vs, s in parts for v in vs if split in (s, "all")], "train/ and valid/"
+    videos = [v for vs, s in parts if s != "test" for v in vs]
+    order = sorted(videos, key=lambda v: hashlib.md5(v.name.encode()).hexdigest())
+    test = {v.name for v in order[: max(1, round(0.2 * len(videos))) if len(videos) > 1 else 0]}
+    chosen = [v for v in videos if split == "all" or (v.name in test) == (split == "test")]
+    how = "80% train / 20% validation by name hash"
+    return chosen, how + (" (valid/ has first-frame annotations only)" if len(parts) > 1 else "")
+
+
+def check_video(video: Video) -> tuple[Video, list[str]]:
+    """The video without its bad frames (check_record on the frame and its annotation), and why
+    each was dropped."""
+    good, bad = [], []
+    for f, a in zip(video.frames, video.labels):
+        why = check_record(Record(f, a, "folder") if a else Record(f, None, "coco"))
+        (bad if why else good).append(why or (f, a))
+    return Video(video.name, [f for f, _ in good], [a for _, a in good]), bad
+
+
+def load_videos(root: str | Path, split: str = "train") -> list[Video]:
+    """find_videos with bad frames dropped and videos without an annotated frame skipped, each
+    with a warning naming it; DataError if no video is left."""
+    out = []
+    for v in find_videos(root, split)[0]:
+        v, bad = check_video(v)
+        for why in bad:
+            warnings.warn(f"skipping frame: {why}", stacklevel=2)
+        if any(v.labels):
+            out.append(v)
+        else:
+            warnings.warn(f"skipping video {v.name}: no readable annotated frame", stacklevel=2)
+    if not out:
+        raise DataError(f"{root}: no usable video in split '{split}'")
+    return out
+
+
+def object_ids(labels: np.ndarray) -> np.ndarray:
+    """The object ids a label map shows (not 0, not VOID), sorted."""
+    return np.setdiff1d(labels, [0, VOID])
+
+
+def video_labels(video: Video, t: int) -> np.ndarray | None:
+    """Frame t's object ids (H, W) uint16 (0 background, VOID ignored), None if not annotated."""
+    return None if video.labels[t] is None else read_label_map(video.labels[t]).astype(np.uint16)
+
+
+def summarize_videos(root: str | Path) -> tuple[str, int]:
+    """`python data.py` for a video dataset: the split, and per split the videos, frames (with
+    ground truth), objects per video and every skipped frame; and the number of usable training
+    videos (with a readable annotated frame)."""
+    lines, skipped, usable = [f"data:    {root} (video layout)"], [], 0
+    for split in ("train", "test"):
+        videos, how = find_videos(root, split)
+        objects, frames, annotated = [], 0, 0
+        for v in videos:
+            v, bad = check_video(v)
+            skipped += [f"  {why}" for why in bad]
+            ids = set()
+            for t in range(len(v.frames)):
+                if (lab := video_labels(v, t)) is not None:
+                    ids |= set(object_ids(lab).tolist())
+            objects.append(len(ids))
+            usable += split == "train" and any(v.labels)
+            frames, annotated = frames + len(v.frames), annotated + sum(map(bool, v.labels))
+        o = np.array(objects or [0])
+        lines.append(
+            f"{split + ':':8} {len(videos)} videos, {frames} frames ({annotated} annotated), "
+            f"objects per video min {o.min()} / mean {o.mean():.1f} / max {o.max()}"
+        )
+    lines.insert(1, f"split:   {how}")
+    return "\n".join([*lines, f"skipped: {len(skipped)} frames", *skipped]), usable
+
+
+def make_video_demo(
+    root: str | Path, n_train: int = 4, n_test: int = 1, frames: int = 4, size=(120, 160), seed=0
+) -> Path:
+    """Write a synthetic DAVIS-style dataset of `frames`-frame clips (size (H, W)): a disc and a
+    box cross, the box passing in front (occlusion) and leaving the frame, a triangle entering
+    from the left, on a textured background; palette label PNGs, ImageSets/2017 lists."""
+    root, (h, w) = Path(root), size
+    lists = root / "ImageSets" / "2017"
+    lists.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("val", n_test)):
+        names = [f"{split}{i:02d}" for i in range(n)]
+        (lists / f"{split}.txt").write_text("".join(f"{v}\n" for v in names))
+        for i, name in enumerate(names):
+            rng = np.random.default_rng([seed, split == "val", i])
+            low = rng.uniform(40, 200, (3, 4, 3)).astype(np.float32)
+            bg = cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC)
+            y = rng.uniform(0.35, 0.65) * h
+            r = rng.uniform(0.08, 0.14) * min(h, w)
+            colours = rng.uniform(30, 230, (4, 3))
+            for d in VIDEO_DIRS:
+                (root / d / name).mkdir(parents=True, exist_ok=True)
+            for t in range(frames):
+                a = t / max(frames - 1, 1)
+                lab = np.zeros((h, w), np.uint8)
+                disc = (int((0.15 + 0.45 * a) * w), int(y))
+                cv2.circle(lab, disc, int(r), 1, -1)
+                tx, ty = (-0.3 + 0.7 * a) * w, 0.25 * h
+                tri = np.array([[tx, ty - r], [tx - r, ty + r], [tx + r, ty + r]], np.int32)
+                cv2.fillPoly(lab, [tri], 3)
+                bx = int((0.9 - 1.15 * a) * w)
+                cv2.rectangle(lab, (bx, int(y - r)), (bx + int(1.6 * r), int(y + r)), 2, -1)
+                img = bg + rng.normal(0, 6, (h, w, 3)).astype(np.float32)
+                for k in (1, 2, 3):
+                    img[lab == k] = colours[k] + rng.normal(0, 8, ((lab == k).sum(), 3))
+                jpg, png = (root / d / name / f"{t:05d}" for d in VIDEO_DIRS)
+                _write(jpg.with_suffix(".jpg"), np.clip(img, 0, 255).astype(np.uint8))
+                label = Image.fromarray(lab)
+                label.putpalette([0, 0, 0, 200, 40, 40, 40, 200, 40, 40, 40, 220])
+                label.save(png.with_suffix(".png"))
+    return root
 
 
 if __name__ == "__main__":

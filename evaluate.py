@@ -3,6 +3,7 @@
     python evaluate.py --data LabPicsV1 --model small                      # official weights
     python evaluate.py --data LabPicsV1 --checkpoint runs/labpics/best.pt  # a fine-tuned model
     python evaluate.py --data demo_data --model tiny --checkpoint none --max-clicks 5 --device cpu
+    python evaluate.py --data /data/DAVIS --checkpoint runs/davis/best.pt  # videos: J&F
 
 Every mask of every image is segmented from clicks alone. Click 1 is at the centre of the object;
 each next click is at the centre of the largest error of the current prediction (the point
@@ -229,6 +230,12 @@ LABELS = {
     "noc@85": "NoC@85",
     "noc@90": "NoC@90",
     "box_miou": "box mIoU",
+    "jf_mask": "J&F mask",
+    "j_mask": "J mask",
+    "f_mask": "F mask",
+    "jf_click": "J&F click",
+    "j_click": "J click",
+    "f_click": "F click",
 }
 
 
@@ -269,14 +276,19 @@ def main(argv: list[str] | None = None) -> dict:
     model.plain_warnings()
     try:
         device = model.resolve_device(args.device)
-        ds = data.load_split(args.data, args.split)  # before the model: bad paths fail fast
+        video = data.detect_format(args.data) == "video"  # DAVIS / YouTube-VOS / MOSE: J&F
+        load = data.load_videos if video else data.load_split
+        ds = load(args.data, args.split)  # before the model: bad paths fail fast
         name = args.model
         if name is None:
             is_file = args.checkpoint and Path(args.checkpoint).is_file()
             name = (model.model_name_in(args.checkpoint) if is_file else None) or "small"
         sam = model.load_model(name, args.checkpoint, device).eval()
         pairs = ((s.image, s.masks) for s in (ds[i] for i in range(len(ds))) if s and len(s.masks))
-        metrics = evaluate_model(sam, pairs, device, args.max_clicks, total=len(ds))
+        if video:
+            metrics = evaluate_videos(sam, encoded_videos(sam, ds, device), total=len(ds))
+        else:
+            metrics = evaluate_model(sam, pairs, device, args.max_clicks, total=len(ds))
     except (model.CheckpointError, data.DataError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     if not metrics["masks"]:
@@ -294,6 +306,123 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_table(metrics))
     print(f"written to {out}")
     return result
+
+
+# ----------------------------------------------------------------------------- video: J&F
+#
+# DAVIS's semi-supervised protocol (davis2017-evaluation): each object is given on the first frame
+# that shows it (by its mask, the standard, or by one click at its centre), tracked to the end in
+# eval mode, and scored on the later annotated frames except the video's last (DAVIS leaves out
+# both). J is the IoU; F the F-measure of the boundary pixels of prediction and ground truth,
+# each matched if the other's boundary is within ceil(0.008 x the frame's diagonal) px; void
+# pixels (255) count for neither. Both are averaged over an object's frames, then over objects;
+# J&F is their mean.
+
+BOUND_TH = 0.008
+
+
+def jaccard(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
+    """DAVIS's J of two (H, W) bool masks: their IoU outside `void`, 1 when both are empty."""
+    keep = ~void if void is not None else np.ones_like(gt)
+    union = ((pred | gt) & keep).sum()
+    return float(((pred & gt) & keep).sum() / union) if union else 1.0
+
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool -> its 1-px boundary as DAVIS draws it: pixels whose right, lower or
+    lower-right neighbour differs, the image continuing its last row and column."""
+    p = np.pad(mask, ((0, 1), (0, 1)), mode="edge")
+    return (mask != p[:-1, 1:]) | (mask != p[1:, :-1]) | (mask != p[1:, 1:])
+
+
+def boundary_f(
+    pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None, bound_th: float = BOUND_TH
+) -> float:
+    """DAVIS's F of two (H, W) bool masks: 2PR / (P + R) of their boundary pixels, a pixel
+    matched when the other boundary is within r = ceil(bound_th x diagonal) px (bound_th >= 1:
+    r = bound_th). Both boundaries empty: 1; one empty: 0."""
+    if void is not None:
+        pred, gt = pred & ~void, gt & ~void
+    r = int(bound_th if bound_th >= 1 else np.ceil(bound_th * np.hypot(*gt.shape)))
+    y, x = np.ogrid[-r : r + 1, -r : r + 1]
+    disk = (x * x + y * y <= r * r).astype(np.uint8)
+    bp, bg = boundary(pred), boundary(gt)
+    if not bp.any() or not bg.any():
+        return float(bp.any() == bg.any())
+    precision = (bp & cv2.dilate(bg.astype(np.uint8), disk).astype(bool)).sum() / bp.sum()
+    recall = (bg & cv2.dilate(bp.astype(np.uint8), disk).astype(bool)).sum() / bg.sum()
+    return float(2 * precision * recall / (precision + recall)) if precision + recall else 0.0
+
+
+@torch.no_grad()
+def score_video(sam, frame, labels: list, prompt: str = "mask") -> list[tuple[float, float]]:
+    """(J, F) of each object of one video, tracked by `sam` in eval mode (see above).
+
+    frame(t) -> encode_frames features of frame t; labels: per frame (H, W) int object ids
+    (data.video_labels), None where not annotated; prompt: "mask" or "click".
+    """
+    first: dict[int, int] = {}
+    for t, lab in enumerate(labels):
+        for i in [] if lab is None else np.unique(lab).tolist():
+            first.setdefault(i, t)
+    first = {i: t for i, t in first.items() if i not in (0, data.VOID)}
+    device, scores = next(sam.parameters()).device, []
+    for start in sorted(t for t in set(first.values()) if t < len(labels) - 2):  # else no score
+        ids = np.array([i for i, t in first.items() if t == start])
+        gts = labels[start][None] == ids[:, None, None]
+        if prompt == "mask":
+            p = model.frame_prompt(sam, gts.shape[1:], masks=torch.from_numpy(gts).to(device))
+        else:
+            xy = torch.from_numpy(next_clicks(gts, np.zeros_like(gts))[0][:, None]).to(device)
+            one = torch.ones(len(ids), 1, dtype=torch.int32, device=device)
+            p = model.frame_prompt(sam, gts.shape[1:], xy, one)
+        j, f = [[] for _ in ids], [[] for _ in ids]
+        with autocast(device):
+            for t, _, low_res in model.track_clip(sam, frame, len(labels), len(ids), {start: p}):
+                if labels[t] is None or t in (start, len(labels) - 1):
+                    continue
+                pred = (upscale_logits(low_res, labels[t].shape)[:, 0] > 0).cpu().numpy()
+                void = labels[t] == data.VOID
+                for k, i in enumerate(ids):
+                    j[k].append(jaccard(pred[k], labels[t] == i, void))
+                    f[k].append(boundary_f(pred[k], labels[t] == i, void))
+        scores += [(np.mean(a), np.mean(b)) for a, b in zip(j, f) if a]
+    return scores
+
+
+def evaluate_videos(
+    sam, videos: Iterable, prompts=("mask", "click"), progress=True, total=None
+) -> dict[str, float]:
+    """J, F and J&F (means over objects) of each prompt protocol over (frame, labels) pairs (see
+    score_video), as keys j_mask, f_mask, jf_mask, j_click, ...; 'masks' counts the objects.
+    Runs `sam` in eval mode and restores its modes after."""
+    from tqdm import tqdm
+
+    modes = [m.training for m in sam.modules()]
+    sam.eval()
+    scores: dict[str, list] = {p: [] for p in prompts}
+    for frame, labels in tqdm(videos, total=total, desc="J&F", disable=not progress):
+        for p in prompts:
+            scores[p] += score_video(sam, frame, labels, p)
+    for m, mode in zip(sam.modules(), modes):
+        m.train(mode)
+    out: dict[str, float] = {"masks": len(scores[prompts[0]]), "max_clicks": 1}
+    for p, s in scores.items():
+        j, f = np.array(s).reshape(-1, 2).mean(0) if s else (np.nan, np.nan)
+        out |= {f"jf_{p}": float((j + f) / 2), f"j_{p}": float(j), f"f_{p}": float(f)}
+    return out
+
+
+def encoded_videos(sam, videos: list, device):
+    """(frame(t) -> encode_frames features, label maps) of each data.Video, for evaluate_videos;
+    frames are read and encoded when tracking reaches them."""
+    for v in videos:
+
+        def frame(t, v=v):
+            with torch.no_grad(), autocast(device):
+                return model.encode_frames(sam, [data.read_rgb(v.frames[t])])
+
+        yield frame, [data.video_labels(v, t) for t in range(len(v.frames))]
 
 
 if __name__ == "__main__":

@@ -428,3 +428,113 @@ def predict_logits(sam, feats: Features, img_idx, points, sizes, multimask: bool
 def upscale_logits(low_res: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """(M, C, 256, 256) logits -> (M, C, H, W), bilinear as SAM 2's postprocess_masks."""
     return F.interpolate(low_res.float(), tuple(hw), mode="bilinear", align_corners=False)
+
+
+# ----------------------------------------------------------------------------- video: memory
+#
+# SAM 2 tracks an object by memory: each frame's mask is encoded (memory encoder), and the next
+# frames attend to the memories and object pointers of the prompted frame and of the last few
+# frames (memory attention). Meta's trainer (training/model/sam2.py, SAM2Train) unrolls SAM2Base's
+# own steps over a clip; track_clip does the same on cached encoder features.
+
+
+def encode_frames(sam, images: list[np.ndarray] | torch.Tensor) -> Features:
+    """encode_images for the video path: the same maps without the no-memory embedding, which
+    track_clip adds itself on prompted frames (as SAM2Base does)."""
+    device = next(sam.parameters()).device
+    x = images if torch.is_tensor(images) else preprocess(images, sam.image_size, device)
+    maps = sam.forward_image(x)["backbone_fpn"][-sam.num_feature_levels :]
+    return Features(maps[-1], list(maps[:-1]))
+
+
+def freeze_for_video(sam) -> list[torch.nn.Parameter]:
+    """Everything but the image encoder trains (prompt encoder, mask decoder, memory attention,
+    memory encoder, object-pointer and occlusion parts, memory embeddings); returns those
+    parameters. conv_s0/s1 stay frozen with the encoder they run behind (freeze_for_finetune)."""
+    freeze_for_finetune(sam)
+    head = ("image_encoder.", "sam_prompt_encoder.", "sam_mask_decoder.")
+    for name, p in sam.named_parameters():
+        if not name.startswith(head):
+            p.requires_grad_(True)
+    return [p for p in sam.parameters() if p.requires_grad]
+
+
+def frame_prompt(sam, hw, points=None, labels=None, boxes=None, masks=None) -> dict:
+    """One frame's prompts for B objects, in SAM 2's input frame as SAM2VideoPredictor makes them.
+
+    hw: the frame's (H, W). points (B, P, 2) float (x, y) pixels with labels (B, P) int, and/or
+    boxes (B, 4) xyxy pixels (two corner points labelled 2 and 3, ahead of the clicks); or masks
+    (B, H, W) bool (resized to image_size, antialiased, kept where >= 0.5, as add_new_mask does).
+    Returns SAM2Base's point_inputs {"point_coords": (B, P', 2), "point_labels": (B, P') int32}
+    or {"mask": (B, 1, S, S) float}.
+    """
+    s = sam.image_size
+    if masks is not None:
+        m = F.interpolate(
+            masks[:, None].float(), (s, s), mode="bilinear", align_corners=False, antialias=True
+        )
+        return {"mask": (m >= 0.5).float()}
+    coords, labs = [], []
+    if boxes is not None:
+        coords.append(boxes.float().reshape(-1, 2, 2))
+        corner = torch.tensor([2, 3], dtype=torch.int32, device=boxes.device)
+        labs.append(corner.expand(len(boxes), 2))
+    if points is not None:
+        coords.append(points.float())
+        labs.append(labels.to(torch.int32))
+    wh = torch.tensor([hw[1], hw[0]], dtype=torch.float32, device=coords[0].device)
+    return {"point_coords": torch.cat(coords, 1) / wh * s, "point_labels": torch.cat(labs, 1)}
+
+
+def track_clip(sam, frame, num_frames: int, n_obj: int, prompts: dict, correct=None, clicks=0):
+    """Track B = n_obj objects through a clip with SAM 2's memory, as SAM2Train; yields per frame
+    (t, passes [(masks (B, C, h, w), scores (B, C), object logits (B, 1)) per decoder pass],
+    the low-res logits shown (B, 1, h, w)).
+
+    frame(t) -> Features of frame t (encode_frames, 1 row). prompts {t: frame_prompt(...)}: those
+    frames go first, without memory; then each frame from the first prompted one on. correct
+    {t: fn(low_res) -> (points (B, 1, 2), labels (B, 1))}: `clicks` more passes on frame t, each
+    with the click fn gives and the previous mask; t then conditions later frames (Meta's
+    _iter_correct_pt_sampling, add_all_frames_to_correct_as_cond). Memories are encoded from the
+    final logits upscaled to image_size (as the predictor does for a mask prompt), and kept in
+    bf16 in eval mode as the predictor keeps them: its masks and these are the same.
+    """
+    from sam2.utils.misc import concat_points
+
+    correct, s = correct or {}, sam.image_size
+    bank = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    order = [*prompts, *(t for t in range(min(prompts), num_frames) if t not in prompts)]
+    keep = max(sam.max_obj_ptrs_in_encoder, sam.num_maskmem * sam.memory_temporal_stride_for_eval)
+    pos = None
+    for t in order:
+        f = frame(t)
+        levels = [*f.high_res, f.image_embed]
+        sizes = [tuple(x.shape[-2:]) for x in levels]
+        feats = [x.expand(n_obj, -1, -1, -1).flatten(2).permute(2, 0, 1) for x in levels]
+        if pos is None:  # the same for every frame: it depends on the map's size only
+            pos = sam.image_encoder.neck.position_encoding(f.image_embed).to(f.image_embed.dtype)
+            pos = pos.expand(n_obj, -1, -1, -1).flatten(2).permute(2, 0, 1)
+        p, first = prompts.get(t, {}), t in prompts
+        points = p if "point_coords" in p else None
+        _, heads, high_res, pix = sam._track_step(
+            t, first, feats, [pos], sizes, points, p.get("mask"), bank, num_frames, False, None
+        )
+        passes = [heads]
+        for _ in range(clicks if t in correct else 0):
+            xy, lab = correct[t](heads[3])
+            points = concat_points(points, xy, lab)
+            multi = sam._use_multimask(first, points)
+            heads = sam._forward_sam_heads(pix, points, heads[3], high_res, multi)
+            passes.append(heads)
+        low_res, obj_ptr, obj_score = heads[3], heads[5], heads[6]
+        mask = F.interpolate(low_res, (s, s), mode="bilinear", align_corners=False)
+        mem, mem_pos = sam._encode_new_memory(feats, sizes, mask, obj_score, points is not None)
+        key = "cond_frame_outputs" if first or t in correct else "non_cond_frame_outputs"
+        bank[key][t] = {
+            "pred_masks": low_res,
+            "obj_ptr": obj_ptr,
+            "maskmem_features": mem if sam.training else mem.to(torch.bfloat16),
+            "maskmem_pos_enc": mem_pos,
+        }
+        bank["non_cond_frame_outputs"].pop(t - keep, None)  # no later frame reads it
+        yield t, [(h[0], h[2], h[6]) for h in passes], low_res

@@ -37,13 +37,14 @@ they always lie inside the real error region.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from sam2.utils.misc import mask_to_box
 
 from data import sample_points
-from model import upscale_logits
+from model import Features, frame_prompt, track_clip, upscale_logits
 
 LOW_RES = 256  # side of the decoder's mask logits (and of the mask prompt it takes)
 
@@ -267,3 +268,108 @@ def interactive_loss(
         total = total + loss
         first_iou[sel] = iou
     return total / m, first_iou
+
+
+# ----------------------------------------------------------------------------- the video recipe
+#
+# --recipe video: Meta's MOSE fine-tune (sam2.1_hiera_b+_MOSE_finetune.yaml, training/model/
+# sam2.py) on cached features of the frozen encoder: clips tracked by model.track_clip, prompted
+# as video_prompts says, scored by Meta's loss (video_loss) on the decoder's low-res grid against
+# area-downscaled masks, as the interactive recipe. Void pixels (label 255) count neither way.
+
+
+@dataclass
+class Clip:
+    """A training clip of T frames and B objects: feats, T rows of encode_frames features; gts,
+    per frame (B, H, W) bool masks of the objects (None: no ground truth there); void, per frame
+    (H, W) bool pixels to ignore, or None."""
+
+    feats: Features
+    gts: list[torch.Tensor | None]
+    void: list[torch.Tensor | None]
+
+
+def video_prompts(sam, clip: Clip, gen: torch.Generator, p: float = 0.5) -> tuple[dict, list]:
+    """Meta's MOSE fine-tune prompts for `clip`, every probability `p`: frame 0, and maybe one
+    more frame, get each object's mask, else (per frame) its jittered box or one click inside it;
+    with boxes and clicks those frames, and maybe one more, get correction clicks. Extra frames
+    are drawn among those with ground truth showing every object (Meta draws any). Returns
+    ({frame: model.frame_prompt(...)}, the frames that get correction clicks)."""
+    gts, dev = clip.gts, clip.gts[0].device
+    u = _rand(5, gen, dev).tolist()
+    later = [t for t in range(1, len(gts)) if gts[t] is not None]
+    full = [t for t in later if gts[t].flatten(1).any(1).all()]
+    cond = [0] + ([full[int(u[0] * len(full))]] if len(later) > 1 and full and u[1] < p else [])
+    # masks only when a frame with ground truth is left to track (else nothing would learn)
+    prompts, use_mask = {}, u[2] < p and len(later) >= len(cond)
+    for t in cond:
+        g = gts[t]
+        if use_mask:
+            prompts[t] = frame_prompt(sam, g.shape[-2:], masks=g)
+        elif _rand(1, gen, dev).item() < p:
+            prompts[t] = frame_prompt(sam, g.shape[-2:], boxes=jittered_boxes(g, gen))
+        else:
+            one = torch.ones(len(g), 1, dtype=torch.int32, device=dev)
+            prompts[t] = frame_prompt(sam, g.shape[-2:], sample_points(g, gen)[:, None], one)
+    rest = [t for t in full if t not in cond]
+    extra = [rest[int(u[3] * len(rest))]] if len(cond) == 1 and rest and u[4] < p else []
+    return prompts, [] if use_mask else cond + extra
+
+
+def video_loss(
+    frames, clip: Clip, weights: tuple[float, ...] = (20.0, 1.0, 1.0, 1.0)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Meta's MultiStepMultiMasksAndIous on model.track_clip's output `frames` (its (t, passes,
+    final) items) times the number of objects B: per object, frame with ground truth and pass,
+    20 x focal + dice + |score - IoU| if the object is there (3 outputs: the best one's mask
+    terms), + BCE of its object score against "there". Returns that sum and the IoU per object
+    (B,) of the mask shown, averaged over those frames."""
+    total, iou, n = 0.0, 0.0, 0
+    for t, passes, final in frames:
+        g = clip.gts[t]
+        if g is None:
+            continue
+        size = final.shape[-2:]
+        target = F.interpolate(g[:, None].float(), size, mode="area")[:, 0]
+        void = clip.void[t]
+        if void is not None:
+            void = F.interpolate(void[None, None].float(), size, mode="area")[0, 0] > 0.5
+            target = target.masked_fill(void, 0.0)
+        present = g.flatten(1).any(1).float()
+        for masks, scores, obj in passes:
+            logits = masks.float() if void is None else masks.float().masked_fill(void, -20.0)
+            loss, _ = pass_loss(logits, scores, target, weights[:3])
+            bce = F.binary_cross_entropy_with_logits(obj[:, 0].float(), present, reduction="none")
+            total = total + (present * loss + weights[3] * bce).sum()
+        iou, n = iou + soft_iou(final.float(), target[:, None])[:, 0], n + 1
+    return total, iou / max(n, 1)
+
+
+def video_recipe(sam, clips: list[Clip], cfg, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """The video recipe's loss for a batch of clips (averaged over all their objects) and the IoU
+    per object (sum B,). cfg.clicks correction clicks per corrected frame."""
+    dev = clips[0].feats.image_embed.device
+    seed = int(torch.randint(2**62, (1,), generator=gen, device=gen.device))
+    total, ious = 0.0, []
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)  # memory attention's dropout, repeated by a resumed run
+        for clip in clips:
+            prompts, correct = video_prompts(sam, clip, gen)
+            fix = {t: _video_clicks(sam, clip.gts[t], gen) for t in correct}
+            n_obj, frame = len(clip.gts[0]), lambda t, c=clip: c.feats.index([t])
+            out = track_clip(sam, frame, len(clip.gts), n_obj, prompts, fix, cfg.clicks)
+            loss, iou = video_loss(out, clip)
+            total, ious = total + loss, [*ious, iou]
+    iou = torch.cat(ious)
+    return total / len(iou), iou
+
+
+def _video_clicks(sam, gt: torch.Tensor, gen: torch.Generator):
+    """A track_clip correction: one click per object from its error region (correction_clicks)."""
+
+    def click(low_res):
+        xy, lab = correction_clicks(low_res, [gt], gen)
+        p = frame_prompt(sam, gt.shape[-2:], xy[:, None], lab[:, None])
+        return p["point_coords"], p["point_labels"]
+
+    return click

@@ -10,6 +10,7 @@ resumes, validation IoU, any device, DistributedDataParallel under torchrun.
     python train.py --data LabPicsV1 --model small --out runs/labpics
     python train.py --data LabPicsV1 --model small --out runs/labpics --resume   # after a stop
     torchrun --nproc_per_node=4 train.py --data LabPicsV1 --out runs/ddp
+    python train.py --recipe video --data DAVIS --out runs/davis   # SAM 2's memory, on clips
     python train.py --help                                    # every option, in groups
 
 Outputs in --out: checkpoint.pt (resumable), model.pt and best.pt (SAM 2's own format: load with
@@ -50,7 +51,7 @@ import torch.nn.functional as F
 
 import data
 import recipes
-from evaluate import evaluate_features, format_table
+from evaluate import evaluate_features, evaluate_videos, format_table
 from model import (
     MODELS,
     CheckpointError,
@@ -59,8 +60,10 @@ from model import (
     autocast,
     check_fits,
     decode,
+    encode_frames,
     encode_images,
     freeze_for_finetune,
+    freeze_for_video,
     load_model,
     load_tensors,
     plain_warnings,
@@ -105,12 +108,14 @@ class Config:
     cache: str = "auto"
     encode_batch: int = 8
     train_encoder: bool = False
+    frames: int = 8
+    objects: int = 3
 
     def __post_init__(self):  # also guards Config(...) built in a notebook
         at_least = {"steps": 1, "batch_size": 1, "max_masks": 1, "save_every": 1}
         at_least |= {"log_every": 1, "max_side": 1, "encode_batch": 1, "eval_every": 0}
         at_least |= {"workers": 0, "min_area": 0, "weight_decay": 0, "score_weight": 0}
-        at_least |= {"clicks": 0, "eval_clicks": 0, "minutes": 0}
+        at_least |= {"clicks": 0, "eval_clicks": 0, "minutes": 0, "frames": 1, "objects": 1}
         for name, low in at_least.items():
             if not getattr(self, name) >= low:
                 raise ValueError(f"--{flag(name)} must be >= {low}, got {getattr(self, name)}")
@@ -133,6 +138,8 @@ class Config:
             raise ValueError(f"--cache must be auto, gpu, cpu or off, got {self.cache!r}")
         if not self.data:
             raise ValueError("--data is required (or use --demo)")
+        if self.recipe == "video" and self.train_encoder:
+            raise ValueError("--recipe video trains on cached features: no --train-encoder")
 
 
 # Upper bounds of the numbers that multiply memory or time: past them a run would not fit any
@@ -150,6 +157,8 @@ MAX_MASKS_PER_STEP = 2048
 # --demo: small enough to finish in a few minutes on a 2-core CPU
 DEMO = dict(data="demo_data", out="runs/demo", model="tiny", steps=40, batch_size=2, max_masks=4)
 DEMO |= dict(eval_every=20, save_every=20, log_every=5, eval_clicks=5)
+VIDEO_DEMO = dict(data="demo_videos", out="runs/demo_video", batch_size=1, frames=2, objects=2)
+VIDEO_DEMO |= dict(clicks=1, steps=6, eval_every=0, save_every=3, log_every=1, eval_clicks=1)
 
 
 def flag(name: str) -> str:
@@ -172,13 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("recipe")
     g.add_argument(
         "--recipe",
-        choices=["article", "interactive"],
+        choices=["article", "interactive", "video"],
         help="article: one click per mask, BCE + score loss; interactive: box or click, then "
-        "--clicks correction clicks, focal + dice + IoU loss (SAM 2's trainer)",
+        "--clicks correction clicks, focal + dice + IoU loss (SAM 2's trainer); video: clips, "
+        "memory trained too (Meta's MOSE fine-tune; --data: DAVIS / YouTube-VOS / MOSE layout)",
     )
-    g.add_argument("--clicks", type=int, help="interactive: correction clicks per mask")
+    g.add_argument("--clicks", type=int, help="interactive, video: correction clicks per mask")
+    g.add_argument("--frames", type=int, help="video: frames per clip")
+    g.add_argument("--objects", type=int, help="video: objects per clip at most (random)")
     g.add_argument("--steps", type=int, help="total optimizer steps (--resume continues to it)")
-    g.add_argument("--batch-size", type=int, help="images per step, each with all its masks")
+    g.add_argument("--batch-size", type=int, help="images (video: clips) per step")
     g.add_argument("--max-masks", type=int, help="masks per image per step at most (random)")
     g.add_argument("--lr", type=float, help="AdamW learning rate")
     g = p.add_argument_group("run")
@@ -218,8 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> Config:
     """Command line -> Config; --demo changes the defaults, flags given still win."""
     p = build_parser()
-    if p.parse_args(argv).demo:
-        p.set_defaults(**DEMO)
+    first = p.parse_args(argv)
+    if first.recipe == "video":
+        p.set_defaults(batch_size=1)  # one clip a step, as Meta's MOSE fine-tune: see ClipCache
+    if first.demo:
+        p.set_defaults(**(DEMO | VIDEO_DEMO if first.recipe == "video" else DEMO))
     try:
         return Config(**vars(p.parse_args(argv)))
     except ValueError as e:
@@ -387,7 +402,10 @@ def build(cfg: Config, ctx: Context, ck: dict | None):
         if ck is not None:  # resuming: checkpoint.pt's weights replace random ones at once
             warnings.filterwarnings("ignore", "SAM 2 .* RANDOM weights")
         sam = load_model(cfg.model, "none" if ck is not None else cfg.checkpoint, ctx.device)
-    params = freeze_for_finetune(sam, cfg.train_encoder)
+    if cfg.recipe == "video":
+        params = freeze_for_video(sam)
+    else:
+        params = freeze_for_finetune(sam, cfg.train_encoder)
     opt = torch.optim.AdamW(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=ctx.device.type == "cuda"
     )
@@ -554,9 +572,15 @@ def open_data(cfg: Config):
     """The train split and the validation split (empty, with a warning, if there is none)."""
     args = (cfg.max_side, cfg.min_area, cfg.seed, cfg.complex)
     kw = dict(crowd=cfg.crowd_instances, ignore_index=cfg.ignore_index)
-    train_set = data.load_split(cfg.data, "train", *args, **kw)
+
+    def load(split: str):
+        if cfg.recipe == "video":
+            return data.load_videos(cfg.data, split)
+        return data.load_split(cfg.data, split, *args, **kw)
+
+    train_set = load("train")
     try:
-        val_set = data.load_split(cfg.data, "test", *args, **kw)
+        val_set = load("test")
     except data.DataError as e:
         warnings.warn(f"no validation images ({e}): val IoU will not be measured")
         val_set = data.SegDataset([])
@@ -648,7 +672,11 @@ def interactive_recipe(sam, batch: Batch, cfg: Config, gen) -> tuple[torch.Tenso
     return recipes.interactive_loss(decode_fn, batch.masks, gen, clicks=cfg.clicks)
 
 
-RECIPES = {"article": article_recipe, "interactive": interactive_recipe}
+RECIPES = {
+    "article": article_recipe,
+    "interactive": interactive_recipe,
+    "video": recipes.video_recipe,
+}
 
 
 class Trainable(torch.nn.Module):
@@ -690,7 +718,10 @@ def evaluate(
 ) -> float:
     """Mean IoU of the masks predicted from each val image's fixed click (all ranks): of the
     first output, as the article trains and infers, or with --recipe interactive (which trains
-    the best of the three) of the output with the highest predicted IoU, as SAM 2 shows one."""
+    the best of the three) of the output with the highest predicted IoU, as SAM 2 shows one.
+    Video: J&F of the first-frame-mask protocol."""
+    if isinstance(cache, ClipCache):
+        return video_eval(sam, cache, device, world)["jf_mask"]
     modes = [m.training for m in sam.modules()]
     sam.eval()
     total, count = 0.0, 0
@@ -716,7 +747,9 @@ def evaluate(
 
 
 def click_eval(sam, cache: FeatureCache, ctx: Context, max_clicks: int) -> dict:
-    """evaluate.py's click-curve metrics on `cache` (means over every rank's masks)."""
+    """evaluate.py's click-curve metrics on `cache` (means over every rank's masks); video: J&F."""
+    if isinstance(cache, ClipCache):
+        return video_eval(sam, cache, ctx.device, ctx.world, ("mask", "click"), ctx.rank == 0)
     items = ((im.feats, im.masks, im.hw) for im in (cache.get([i])[0] for i in cache.ids))
     m = evaluate_features(sam, items, max_clicks, progress=ctx.rank == 0, total=len(cache.ids))
     if ctx.world > 1:
@@ -986,7 +1019,10 @@ def fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
             if state.step >= last:
                 break
             ids = batch_indices(state.step, train_cache.ids, cfg.batch_size, cfg.seed)
-            batch = sample_batch(train_cache.get(ids), cfg.max_masks, gen)
+            if cfg.recipe == "video":
+                batch = sample_clips(train_cache, ids, cfg, gen)
+            else:
+                batch = sample_batch(train_cache.get(ids), cfg.max_masks, gen)
             loss, iou = train_step(trainer, batch, opt, scaler, cfg, gen, ctx.device)
             state.step += 1
             bar.update(1)
@@ -1075,7 +1111,7 @@ def run_training(cfg: Config, stops: StopSignals) -> dict:
     ctx = Context(rank, world, device, Path(cfg.out), stops)
     stops.rank = rank
     if cfg.demo and rank == 0 and not Path(cfg.data).exists():
-        data.make_demo(cfg.data)
+        (data.make_video_demo if cfg.recipe == "video" else data.make_demo)(cfg.data)
     if cfg.demo and cfg.checkpoint is None:
         cfg.checkpoint = demo_checkpoint(cfg)
     train_set, val_set = open_data(cfg)  # before --out exists: a bad dataset leaves nothing
@@ -1107,16 +1143,18 @@ def run_training(cfg: Config, stops: StopSignals) -> dict:
             trainer = torch.nn.parallel.DistributedDataParallel(
                 trainer, find_unused_parameters=True
             )
-        train_cache = FeatureCache(
+        Cache = ClipCache if cfg.recipe == "video" else FeatureCache
+        train_cache = Cache(
             train_set, list(range(rank, len(train_set), world)), cfg, sam, device, rank == 0
         )
         share_images(train_cache, world, rank)
-        val_cache = FeatureCache(
+        val_cache = Cache(
             val_set, list(range(rank, len(val_set), world)), cfg, sam, device, rank == 0
         )
         if rank == 0:
             print(
-                f"{len(train_set)} train / {len(val_set)} val images; feature cache: "
+                f"{len(train_set)} train / {len(val_set)} val "
+                f"{'videos' if cfg.recipe == 'video' else 'images'}; feature cache: "
                 f"{train_cache.mode}; device {device}, {world} process(es)",
                 file=sys.stderr,
             )
@@ -1156,6 +1194,120 @@ def main(argv: list[str] | None = None) -> None:
         if str(e):
             print(e, file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
+
+
+# ----------------------------------------------------------------------------- video clips
+
+
+GIB_PER_OBJECT_FRAME = 0.75  # activations kept for backward, bf16, hiera any size (README)
+
+
+class ClipCache:
+    """Frozen-encoder features of video frames (this rank's share of the videos), computed the
+    first time a clip or an evaluation needs them and kept while there is room: on the GPU in
+    half of what a step's activations leave free, then in (pinned) CPU memory up to half the
+    free RAM (--cache gpu / cpu / off narrow that); frames beyond are encoded again when used.
+    `ids` lists the usable videos: those whose first annotated frame shows an object."""
+
+    def __init__(self, videos, indices: list[int], cfg: Config, sam, device, progress=False):
+        self.videos, self.cfg, self.sam, self.device = videos, cfg, sam, device
+        self.dtype = amp_dtype(device) or torch.float32
+        self.feats: dict[tuple[int, int], Features] = {}
+        self.first: dict[int, int] = {}  # video -> its first annotated frame
+        self.keep(indices)
+        gpu = device.type == "cuda" and cfg.cache in ("auto", "gpu")
+        cpu = cfg.cache in ("auto", "cpu") or cfg.cache == "gpu" and not gpu
+        ram = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else ram
+        need = cfg.batch_size * cfg.frames * cfg.objects * GIB_PER_OBJECT_FRAME * 2**30
+        if need > free:
+            warnings.warn(
+                f"a step needs about {need / 2**30:.0f} GiB for activations ({GIB_PER_OBJECT_FRAME}"
+                f" GiB per clip, frame and object), {free / 2**30:.0f} GiB are free: lower "
+                "--batch-size, --frames or --objects"
+            )
+        self.room = {"gpu": max(free - need, 0) / 2 if gpu else 0, "cpu": ram / 2 if cpu else 0}
+        self.mode = "frames kept in GPU / CPU: {:.1f} / {:.1f} GiB".format(
+            *(v / 2**30 for v in self.room.values())
+        )
+
+    def keep(self, ids: list[int]) -> None:
+        """Use exactly the videos `ids` (those usable)."""
+        for i in ids:
+            t = next((t for t, a in enumerate(self.videos[i].labels) if a), None)
+            lab = data.video_labels(self.videos[i], t)
+            if len(data.object_ids(lab)):
+                self.first[i] = t
+            else:
+                warnings.warn(f"skipping video {self.videos[i].name}: frame {t} shows no object")
+        self.ids = [i for i in ids if i in self.first]
+
+    def frames(self, i: int, ts: list[int]) -> Features:
+        """Features of frames `ts` of video i, (len(ts), ...) on the training device."""
+        out = []
+        for t in ts:
+            if (f := self.feats.get((i, t))) is None:  # one frame a call: the same numbers always
+                with torch.no_grad(), autocast(self.device):
+                    f = encode_frames(self.sam, [data.read_rgb(self.videos[i].frames[t])])
+                f = f.to(dtype=self.dtype)
+                self._store((i, t), f)
+            out.append(f.to(self.device, non_blocking=True))
+        return Features.cat(out)
+
+    def _store(self, key: tuple[int, int], f: Features) -> None:
+        size = sum(t.numel() * t.element_size() for t in (f.image_embed, *f.high_res))
+        for where in ("gpu", "cpu"):
+            if self.room[where] >= size:
+                self.room[where] -= size
+                if where == "cpu":
+                    f = f.to("cpu").pin_memory() if self.device.type == "cuda" else f.to("cpu")
+                self.feats[key] = f
+                return
+
+    def items(self):
+        """(frame(t) -> features, label maps) of each video, for evaluate.evaluate_videos."""
+        for i in self.ids:
+            v = self.videos[i]
+            yield (
+                (lambda t, i=i: self.frames(i, [t])),
+                [data.video_labels(v, t) for t in range(len(v.frames))],
+            )
+
+
+def sample_clips(cache: ClipCache, ids: list[int], cfg: Config, gen) -> list[recipes.Clip]:
+    """A clip from each video `ids` (Meta's RandomUniformSampler): cfg.frames consecutive frames
+    from a random annotated frame (the video's first when the one drawn shows no object), and up
+    to cfg.objects random objects among those that frame shows."""
+    clips, dev = [], cache.device
+    for i in ids:
+        v, n = cache.videos[i], len(cache.videos[i].frames)
+        annotated = [t for t, a in enumerate(v.labels) if a and t + cfg.frames <= n]
+        starts = annotated or [cache.first[i]]
+        t0 = starts[int(torch.rand(1, generator=gen, device=gen.device).item() * len(starts))]
+        if not len(objects := data.object_ids(data.video_labels(v, t0))):
+            t0 = cache.first[i]
+            objects = data.object_ids(data.video_labels(v, t0))
+        pick = torch.randperm(len(objects), generator=gen, device=gen.device)[: cfg.objects]
+        objects, ts = objects[pick.cpu().numpy()], list(range(t0, min(t0 + cfg.frames, n)))
+        gts, void = [], []
+        for a in (data.video_labels(v, t) for t in ts):
+            gts.append(None if a is None else torch.from_numpy(a == objects[:, None, None]).to(dev))
+            bad = a is None or not (a == data.VOID).any()
+            void.append(None if bad else torch.from_numpy(a == data.VOID).to(dev))
+        clips.append(recipes.Clip(cache.frames(i, ts), gts, void))
+    return clips
+
+
+def video_eval(sam, cache: ClipCache, device, world: int, prompts=("mask",), progress=False):
+    """evaluate.evaluate_videos on the cached validation videos (means over every rank's
+    objects)."""
+    m = evaluate_videos(sam, cache.items(), prompts, progress, len(cache.ids))
+    if world > 1:
+        keys = [k for k in m if k not in ("masks", "max_clicks")]
+        t = torch.tensor([m["masks"], *(m[k] * m["masks"] for k in keys)], device=device)
+        dist.all_reduce(t.nan_to_num_(0.0))
+        m |= {"masks": int(t[0])} | {k: float(v / t[0]) for k, v in zip(keys, t[1:])}
+    return m
 
 
 if __name__ == "__main__":
