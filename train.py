@@ -1115,7 +1115,8 @@ def run_training(cfg: Config, stops: StopSignals) -> dict:
     if cfg.demo and cfg.checkpoint is None:
         cfg.checkpoint = demo_checkpoint(cfg)
     train_set, val_set = open_data(cfg)  # before --out exists: a bad dataset leaves nothing
-    for note in train_set.notes + val_set.notes if rank == 0 else []:
+    notes = [n for d in (train_set, val_set) for n in getattr(d, "notes", [])]  # videos: none
+    for note in notes if rank == 0 else []:
         print(note, file=sys.stderr)  # e.g. "train: 18 crowd (iscrowd=1) annotations skipped ..."
     fresh = not ctx.out.exists()
     lock = claim_out(ctx.out, cfg.resume) if rank == 0 else None
