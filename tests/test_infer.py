@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from pycocotools import mask as mask_utils
+from tqdm import tqdm as infer_tqdm
 
 import infer
 from infer import (
@@ -374,6 +375,8 @@ def test_segment_auto_with_tiny_model(tiny_model, monkeypatch, capsys):
     (here 2 of the 9), with a progress bar and a record per mask."""
     monkeypatch.setattr(infer, "AUTO_BUDGET", 2 * 3 * infer.AUTO_BYTES * 64 * 80)
     monkeypatch.setattr(infer, "PROGRESS_MIN", 9)
+    bars = []  # tqdm redraws at most every 0.1 s, so its last count is read from the bar itself
+    monkeypatch.setattr(infer, "tqdm", lambda *a, **k: bars.append(infer_tqdm(*a, **k)) or bars[-1])
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
     region = box((64, 80), 0, 64, 0, 40)
@@ -384,7 +387,8 @@ def test_segment_auto_with_tiny_model(tiny_model, monkeypatch, capsys):
     assert labels.shape == (64, 80) and labels.dtype == np.uint16
     assert labels.max() >= 1 and (labels[~region] == 0).all()
     assert list(np.unique(labels)) == list(range(labels.max() + 1))
-    assert "9/9" in capsys.readouterr().err  # every click counted, 2 at a time
+    assert "0/9" in capsys.readouterr().err  # shown from the start
+    assert (bars[-1].n, bars[-1].total) == (9, 9)  # every click counted, 2 at a time
     assert {r["label"] for r in records} >= set(range(1, labels.max() + 1))
     for r in records:
         mask = mask_utils.decode(r["segmentation"]) > 0
