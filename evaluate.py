@@ -41,6 +41,7 @@ from model import Features, autocast, decode, encode_images, upscale_logits
 
 CURVE_AT = (1, 3, 5)  # mIoU reported after these many clicks
 NOC_AT = (0.85, 0.90)
+MAX_CLICKS = 50  # --max-clicks at most: SAM and RITM report NoC within 20
 
 # predict(points (N, K, 2) | None, labels (N, K) | None, boxes (N, 4) | None, state)
 #   -> (masks (N, H, W) bool, state); state is None on the first call of a sequence
@@ -256,11 +257,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", help="SAM 2 size; default: the one model.pt names, else small")
     p.add_argument("--checkpoint", help="weights: official if omitted, a file, or 'none' (random)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--max-clicks", type=int, default=20, help="clicks per mask at most")
+    p.add_argument(
+        "--max-clicks", type=int, default=20, help=f"clicks per mask at most, 1-{MAX_CLICKS}"
+    )
     p.add_argument("--out", default="eval.json", help="where to write the results")
     args = p.parse_args(argv)
-    if args.max_clicks < 1:
-        p.error(f"--max-clicks must be >= 1, got {args.max_clicks}")
+    if not 1 <= args.max_clicks <= MAX_CLICKS:  # each click: a decoder pass per mask
+        p.error(f"--max-clicks must be between 1 and {MAX_CLICKS}, got {args.max_clicks}")
     return args
 
 

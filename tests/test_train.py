@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import bench
 import data
+import recipes
 import train
 from model import MODELS, encode_images, freeze_for_finetune, predict_logits
 
@@ -204,7 +205,7 @@ def test_loss_falls(demo):
     def fixed_loss():
         with torch.no_grad():
             batch = train.sample_batch(fixed, 3, torch.Generator().manual_seed(123))
-            return train.article_recipe(sam, batch, cfg, None)[0].item()
+            return recipes.article_recipe(sam, batch, cfg, None)[0].item()
 
     before = fixed_loss()
     for step in range(24):
@@ -240,7 +241,9 @@ def test_loss_matches_the_article(demo, tiny_model):
             torch.from_numpy(sample.points),
             torch.tensor([sample.image.shape[:2]]),
         )
-        ours, ours_iou = train.compute_loss(ours_low, ours_scores, [torch.from_numpy(sample.masks)])
+        ours, ours_iou = recipes.compute_loss(
+            ours_low, ours_scores, [torch.from_numpy(sample.masks)]
+        )
     torch.testing.assert_close(ours, article.detach(), rtol=2e-3, atol=2e-4)
     torch.testing.assert_close(ours_iou, iou.detach(), rtol=0, atol=1e-6)
 
@@ -268,7 +271,7 @@ def test_compute_loss_is_stable_on_extreme_logits():
     gt = torch.zeros(1, 8, 8, dtype=torch.bool)
     gt[0, :4] = True
     low = torch.full((1, 3, 256, 256), -1e4, requires_grad=True)
-    loss, iou = train.compute_loss(low, torch.zeros(1, 3), [gt])
+    loss, iou = recipes.compute_loss(low, torch.zeros(1, 3), [gt])
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(low.grad).all()
     assert iou.item() == 0.0
