@@ -400,6 +400,14 @@ def memory_start(device: torch.device) -> int | None:
     return _status_bytes("VmRSS")
 
 
+def memory_now(device: torch.device) -> int | None:
+    """Bytes in use now (CUDA: allocated by torch; CPU: the process's RSS)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.memory_allocated(device)
+    return _status_bytes("VmRSS")
+
+
 def memory_peak(device: torch.device) -> int | None:
     """Peak bytes since memory_start (CUDA: allocated by torch; CPU: process RSS)."""
     if device.type == "cuda":
@@ -536,10 +544,8 @@ def time_our_training(
     run(epoch, args.warmup)
     n, secs = timed(device, lambda: run(epoch + args.warmup, args.steps))
     peak = peak_gib(device)
-    before = memory_start(device)  # one more step, for its memory alone
-    masks = run(epoch + args.warmup + args.steps, 1)
-    top = memory_peak(device)
-    passes = 1 + cfg.clicks if recipe == "interactive" else 1
+    last = epoch + args.warmup + args.steps
+    memory = memory_step(cache, last, trainer, opt, scaler, gen, cfg, device)
     return {
         "masks_per_s": n / secs,
         "s_per_step": secs / args.steps,
@@ -549,12 +555,36 @@ def time_our_training(
         "cache": cache.mode,
         "batch_size": cfg.batch_size,
         "peak_gib": peak,
+        **memory,
+    }
+
+
+def memory_step(cache, step: int, trainer, opt, scaler, gen, cfg, device) -> dict:
+    """One more step of cfg.recipe (train.train_step's work), for its memory alone: in use
+    before it, after its forward (what it keeps for backward) and at its peak, per mask per
+    decoder pass."""
+    ids = train.batch_indices(step, cache.ids, cfg.batch_size, cfg.seed)
+    batch = train.sample_batch(cache.get(ids), cfg.max_masks, gen)
+    before = memory_start(device)
+    with autocast(device):
+        loss, iou = trainer(recipes.RECIPES[cfg.recipe], batch, cfg, gen)
+    after_forward = memory_now(device)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    top = memory_peak(device)
+    passes = 1 + cfg.clicks if cfg.recipe == "interactive" else 1
+
+    def per(x):
+        return None if None in (x, before) else (x - before) / 2**20 / (len(iou) * passes)
+
+    return {
         "passes": passes,
-        "memory_step_masks": masks,
+        "memory_step_masks": len(iou),
         "step_peak_gib": None if top is None else top / 2**30,
-        "mib_per_mask_pass": None
-        if None in (top, before)
-        else (top - before) / 2**20 / (masks * passes),
+        "mib_per_mask_pass": per(top),
+        "kept_mib_per_mask_pass": per(after_forward),
     }
 
 
@@ -694,6 +724,8 @@ def report(r: dict) -> str:
         f"{'  peak ' + peak_what:46}{mem(ours['step_peak_gib']):>12}{mem(it['step_peak_gib']):>12}",
         f"{'  per mask per pass (peak - before the step)':46}"
         + "".join(f"{mib(x['mib_per_mask_pass']):>12}" for x in (ours, it)),
+        f"{'    of which kept by the forward for backward':46}"
+        + "".join(f"{mib(x['kept_mib_per_mask_pass']):>12}" for x in (ours, it)),
         "",
         f"{'inference (folder, {} points, files r/w)'.format(r['points']):46}{'article':>12}"
         f"{'ours':>12}{'article/ours':>14}",
@@ -723,11 +755,13 @@ def run_all(args, root: Path, work: Path, device: torch.device) -> dict:
     loss = fixed_batch_loss(args, entries, device)
     article_train = time_article_training(args, entries, device)
     ours_train = time_our_training(args, root, entries, device)
-    interactive = time_our_training(args, root, entries, device, "interactive")
     article_inf = time_article_inference(
         args, sorted(folder.iterdir()), regions, work / "article_out", device
     )
     ours_inf = time_our_inference(args, folder, regions, work / "ours_out", device)
+    if device.type == "cpu":
+        train.lean_cpu_heap()  # as train.py does for this recipe (it lasts: so, last)
+    interactive = time_our_training(args, root, entries, device, "interactive")
     return {
         "device": device_name(device),
         "model": args.model,
@@ -762,8 +796,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.argv = argv
     device = resolve_device(args.device)
-    if device.type == "cpu":
-        train.lean_cpu_heap()  # as train.py runs: RSS then follows the live tensors
     with tempfile.TemporaryDirectory(prefix="sam2_bench_") as tmp:
         work = Path(tmp)
         root = (

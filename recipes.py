@@ -23,8 +23,10 @@ interactive, Meta's trainer for SAM 2 (training/model/sam2.py, training/loss_fns
   + 1 x dice + 1 x |predicted IoU - real IoU|; with multimask output (one click, no box) only
   the output with the lowest 20 x focal + dice gets the mask terms, the IoU term covers all;
 - each pass (decoder + its loss) is activation-checkpointed (torch.utils.checkpoint, as Meta's
-  use_act_ckpt_iterative_pt_sampling): backward recomputes one pass at a time, so the step keeps
-  ~1 MiB per mask per pass instead of ~100 MiB (fp32), for about 10% more compute.
+  use_act_ckpt_iterative_pt_sampling), in chunks of 32 masks: backward recomputes one chunk of
+  one pass at a time, so a step holds the activations of one pass of at most 32 masks plus
+  about 1 MiB per mask per pass, instead of ~100 MiB per mask per pass (fp32), for about 10%
+  more compute.
 
 The interactive loss is computed on the decoder's own 256 x 256 grid against each mask
 area-downscaled to it (soft targets: the fraction of each cell the object covers). Meta upscales
@@ -334,6 +336,7 @@ def _rollout(
     gt_prob: float,
     weights: tuple[float, float, float],
     act_ckpt: bool,
+    chunk: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """1 + clicks passes for rows (gts (R, H, W) padded, hw (R, 2)) that all start with a box or
     all with one click. Returns the loss summed over passes and rows, and the first pass's IoU
@@ -341,9 +344,22 @@ def _rollout(
     dev = targets.device
     labels = None if points is None else torch.ones(points.shape[:2], dtype=torch.int, device=dev)
     rows = torch.arange(len(img_idx), device=dev)
-    one_pass = functools.partial(_decode_and_score, decode_fn, targets, weights, img_idx)
-    if act_ckpt and torch.is_grad_enabled():
-        one_pass = functools.partial(checkpoint, one_pass, use_reentrant=False)
+
+    def one_pass(*prompts):  # points, labels, boxes, mask_input
+        if not (act_ckpt and torch.is_grad_enabled()):
+            return _decode_and_score(decode_fn, targets, weights, img_idx, *prompts)
+        parts = []
+        for c in range(0, len(rows), chunk):  # backward recomputes one chunk at a time
+            cut = slice(c, c + chunk)
+            args = (
+                targets[cut],
+                weights,
+                img_idx[cut],
+                *(p if p is None else p[cut] for p in prompts),
+            )
+            parts.append(checkpoint(_decode_and_score, decode_fn, *args, use_reentrant=False))
+        return [torch.cat(outputs) for outputs in zip(*parts)]
+
     mask_input, total, first_iou = None, 0.0, None
     for p in range(clicks + 1):
         low_res, scores, loss, iou = one_pass(points, labels, boxes, mask_input)
@@ -369,6 +385,7 @@ def interactive_loss(
     gt_prob: float = 0.1,
     weights: tuple[float, float, float] = (20.0, 1.0, 1.0),
     act_ckpt: bool = True,
+    chunk: int = 32,
     frame: int = FRAME,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The interactive recipe's loss for one batch.
@@ -379,7 +396,9 @@ def interactive_loss(
     on the training device; rows are these masks in order (row r belongs to image i when it is
     among image i's N_i). gen: all randomness (boxes vs clicks, jitter, clicks) comes from it.
     act_ckpt: recompute each pass in backward instead of keeping its activations (same loss
-    and gradients). frame: the encoder's input side (sam.image_size), where boxes are jittered.
+    and gradients), `chunk` rows per checkpointed decoder call, so the step's memory is that of
+    one pass of `chunk` masks plus ~1 MiB per mask per pass kept (module docstring).
+    frame: the encoder's input side (sam.image_size), where boxes are jittered.
     Returns the loss (summed over the 1 + clicks passes, averaged over the M = sum N_i masks)
     and the first pass's IoU per mask (M,), of the output with the highest predicted IoU.
 
@@ -426,6 +445,7 @@ def interactive_loss(
             gt_prob,
             weights,
             act_ckpt,
+            chunk,
         )
         total = total + loss
         first_iou.index_copy_(0, sel, iou)

@@ -205,10 +205,11 @@ class Context:
 
 
 def lean_cpu_heap() -> None:
-    """CPU runs (glibc): map tensors of 8 MiB and up from the system and give them back when
-    freed. By default glibc raises that limit to 32 MiB as such tensors are freed and keeps
-    them in its heap, which the interactive recipe's passes fragment: a demo run's peak RSS
-    was 6.5 GiB for 2.7 GiB of live tensors at most (4.1 GiB with this)."""
+    """Interactive recipe on the CPU (glibc): map tensors of 8 MiB and up from the system and
+    give them back when freed. By default glibc raises that limit to 32 MiB as such tensors
+    are freed and keeps them in its heap, which the recipe's passes and recomputations
+    fragment: a demo run (README, "Memory") peaked at 6.5 GiB of RSS, 4.1 GiB with this, for
+    more page faults (about 20% more CPU time)."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
         ctypes.CDLL(None).mallopt(-3, 8 << 20)  # -3: M_MMAP_THRESHOLD
 
@@ -790,7 +791,7 @@ def train(cfg: Config) -> dict:
     """Run (or resume) a fine-tune as configured. Returns a summary (rank 0's view): step,
     first_iou, best_iou, out and the trained model."""
     rank, world, device = setup_distributed(cfg.device)
-    if device.type == "cpu":
+    if device.type == "cpu" and cfg.recipe == "interactive":
         lean_cpu_heap()
     ctx = Context(rank, world, device, Path(cfg.out))
     if cfg.demo and rank == 0 and not Path(cfg.data).exists():

@@ -250,7 +250,7 @@ def test_the_interactive_step_names_its_only_host_sync(tiny_model, monkeypatch):
     gts = batch_gts(two_in_first=False)  # seed 0: a box row and a click row
     with torch.no_grad(), SyncOps() as rec:
         interactive_loss(recorder(tiny_model, gts), gts, torch.Generator().manual_seed(0), 1)
-        correction_clicks(torch.randn(3, 1, 256, 256), gts, torch.Generator(), 0.5)
+        correction_clicks(torch.randn(2, 1, 256, 256), gts, torch.Generator(), 0.5)
     assert rec.ops == [] and len(tolists) == 1
     with SyncOps() as rec:  # the detector works
         torch.arange(3)[torch.arange(3) > 0].sum().item()
@@ -311,8 +311,9 @@ def test_the_fed_back_mask_carries_gradient():
 
 
 def test_checkpointed_rollout_equals_plain_and_keeps_less(tiny_model):
-    """Activation checkpointing: the same loss and gradients, and far fewer bytes kept for
-    backward (counted with saved-tensor hooks; each checkpointed pass keeps its own)."""
+    """Activation checkpointing, one row per checkpointed call here: the same loss and
+    gradients, and far fewer bytes kept for backward (counted with saved-tensor hooks, which
+    see what is saved outside the checkpointed calls)."""
     sam = copy.deepcopy(tiny_model)
     gts = batch_gts(two_in_first=False)
 
@@ -327,7 +328,7 @@ def test_checkpointed_rollout_equals_plain_and_keeps_less(tiny_model):
         fn = partial(decode, sam, random_feats(2), sizes=torch.tensor([[40, 60], [50, 50]]))
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss, iou = interactive_loss(
-                fn, gts, torch.Generator().manual_seed(3), clicks=1, act_ckpt=act_ckpt
+                fn, gts, torch.Generator(), clicks=1, box_prob=0.0, act_ckpt=act_ckpt, chunk=1
             )
         loss.backward()
         grads = {n: p.grad.clone() for n, p in sam.named_parameters() if p.grad is not None}
@@ -337,8 +338,9 @@ def test_checkpointed_rollout_equals_plain_and_keeps_less(tiny_model):
     loss_p, iou_p, grads_p, kept_p = run(False)
     assert loss_c == loss_p and torch.equal(iou_c, iou_p)
     assert grads_c.keys() == grads_p.keys() and len(grads_c) > 10
-    for name in grads_p:
-        torch.testing.assert_close(grads_c[name], grads_p[name], rtol=1e-5, atol=1e-7, msg=name)
+    scale = max(g.abs().max() for g in grads_p.values())
+    for name in grads_p:  # one row per call sums the batch in another order: float rounding
+        torch.testing.assert_close(grads_c[name], grads_p[name], rtol=1e-4, atol=1e-6 * scale)
     assert kept_c < kept_p / 10, (kept_c, kept_p)
 
 
