@@ -14,12 +14,18 @@ the same loss on one fixed batch, so the speed-up comes from doing the same math
 Figures: training masks/s through loss and optimizer step (article vs ours at steady state, and
 ours over its first epoch, which includes reading files and filling the feature cache), peak
 memory, inference seconds per image with files read and written, and the fixed-batch loss.
+
+Memory of our two recipes, from one extra step each after the timed ones: its peak (CUDA:
+max_memory_allocated; CPU: the process's peak RSS, Linux) and the memory per mask per pass,
+(peak - memory in use before the step) / (masks x decoder passes), the figure to plan
+--batch-size and --max-masks with (README, "Memory").
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import datetime
 import gc
@@ -43,6 +49,7 @@ import torch
 
 import data
 import infer
+import recipes
 import train
 from model import (
     MODELS,
@@ -370,6 +377,51 @@ def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
+def _status_bytes(key: str) -> int | None:
+    """A memory line of /proc/self/status (VmRSS, VmHWM) in bytes; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next((x for x in f if x.startswith(key + ":")), None)
+    except OSError:
+        return None
+    return None if line is None else int(line.split()[1]) * 1024
+
+
+def memory_start(device: torch.device) -> int | None:
+    """Restart the peak counter; return the bytes in use now (CUDA: allocated by torch; CPU:
+    the process's RSS, after handing freed heap back to the system, so it counts live memory).
+    None where the CPU's peak cannot be restarted (not Linux)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)  # glibc keeps freed pages otherwise
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux: VmHWM (peak RSS) := VmRSS
+    except OSError:
+        return None
+    return _status_bytes("VmRSS")
+
+
+def memory_now(device: torch.device) -> int | None:
+    """Bytes in use now (CUDA: allocated by torch; CPU: the process's RSS)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.memory_allocated(device)
+    return _status_bytes("VmRSS")
+
+
+def memory_peak(device: torch.device) -> int | None:
+    """Peak bytes since memory_start (CUDA: allocated by torch; CPU: process RSS)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    return _status_bytes("VmHWM")
+
+
 def our_config(args, root: Path, device: torch.device, recipe: str = "article") -> train.Config:
     return train.Config(
         data=str(root),
@@ -415,7 +467,7 @@ def fixed_batch_loss(args, entries: list[dict], device: torch.device) -> dict:
                 if amp:
                     feats = feats.to(dtype=amp_dtype(device))
                 low_res, scores = predict_logits(sam, feats, idx, pts, sizes)
-            ours, _ = train.compute_loss(low_res, scores, gts, train.Config.score_weight)
+            ours, _ = recipes.compute_loss(low_res, scores, gts, train.Config.score_weight)
         a, o = float(theirs), float(ours)
         out[mode] = {
             "article": a,
@@ -497,6 +549,9 @@ def time_our_training(
     epoch = math.ceil(len(cache.ids) / cfg.batch_size)
     run(epoch, args.warmup)
     n, secs = timed(device, lambda: run(epoch + args.warmup, args.steps))
+    peak = peak_gib(device)
+    last = epoch + args.warmup + args.steps
+    memory = memory_step(cache, last, trainer, opt, scaler, gen, cfg, device)
     return {
         "masks_per_s": n / secs,
         "s_per_step": secs / args.steps,
@@ -505,7 +560,37 @@ def time_our_training(
         "first_epoch_s": first_secs,
         "cache": cache.mode,
         "batch_size": cfg.batch_size,
-        "peak_gib": peak_gib(device),
+        "peak_gib": peak,
+        **memory,
+    }
+
+
+def memory_step(cache, step: int, trainer, opt, scaler, gen, cfg, device) -> dict:
+    """One more step of cfg.recipe (train.train_step's work), for its memory alone: in use
+    before it, after its forward (what it keeps for backward) and at its peak, per mask per
+    decoder pass."""
+    ids = train.batch_indices(step, cache.ids, cfg.batch_size, cfg.seed)
+    batch = train.sample_batch(cache.get(ids), cfg.max_masks, gen)
+    before = memory_start(device)
+    with autocast(device):
+        loss, iou = trainer(recipes.RECIPES[cfg.recipe], batch, cfg, gen)
+    after_forward = memory_now(device)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    top = memory_peak(device)
+    passes = 1 + cfg.clicks if cfg.recipe == "interactive" else 1
+
+    def per(x):
+        return None if None in (x, before) else (x - before) / 2**20 / (len(iou) * passes)
+
+    return {
+        "passes": passes,
+        "memory_step_masks": len(iou),
+        "step_peak_gib": None if top is None else top / 2**30,
+        "mib_per_mask_pass": per(top),
+        "kept_mib_per_mask_pass": per(after_forward),
     }
 
 
@@ -655,6 +740,15 @@ def report(r: dict) -> str:
     def mem(v):
         return "n/a" if v is None else f"{v:.2f} GiB"
 
+    def mib(v):
+        return "n/a" if v is None else f"{v:.1f} MiB"
+
+    ours = tr["ours"]
+    peak_what = "(process RSS)" if ours["peak_gib"] is None else "(max_memory_allocated)"
+    step_shape = [
+        f"{x['batch_size']} / {x['memory_step_masks']} x {x['passes']}" for x in (ours, it)
+    ]
+
     per_step_a = f"1 / {tr['article']['masks_per_image']:.1f}"
     per_step_o = f"{r['batch_size']} / {tr['ours']['masks_per_step']:.1f}"
 
@@ -691,6 +785,14 @@ def report(r: dict) -> str:
         ]
     lines += [
         "",
+        f"{'memory of one step (ours)':46}{'article':>12}{'interactive':>12}",
+        f"{'  images / masks x decoder passes':46}{step_shape[0]:>12}{step_shape[1]:>12}",
+        f"{'  peak ' + peak_what:46}{mem(ours['step_peak_gib']):>12}{mem(it['step_peak_gib']):>12}",
+        f"{'  per mask per pass (peak - before the step)':46}"
+        + "".join(f"{mib(x['mib_per_mask_pass']):>12}" for x in (ours, it)),
+        f"{'    of which kept by the forward for backward':46}"
+        + "".join(f"{mib(x['kept_mib_per_mask_pass']):>12}" for x in (ours, it)),
+        "",
         f"{'inference (folder, {} points, files r/w)'.format(r['points']):46}{'article':>12}"
         f"{'ours':>12}{'article/ours':>14}",
         f"{'  s/image':46}{inf['article']['s_per_image']:12.3f}"
@@ -719,12 +821,14 @@ def run_all(args, root: Path, work: Path, device: torch.device) -> dict:
     loss = fixed_batch_loss(args, entries, device)
     article_train = time_article_training(args, entries, device)
     ours_train = time_our_training(args, root, entries, device)
-    interactive = time_our_training(args, root, entries, device, "interactive")
-    video = {"video": time_video_training(args, work, device)} if args.video else {}
     article_inf = time_article_inference(
         args, sorted(folder.iterdir()), regions, work / "article_out", device
     )
     ours_inf = time_our_inference(args, folder, regions, work / "ours_out", device)
+    video = {"video": time_video_training(args, work, device)} if args.video else {}
+    if device.type == "cpu":
+        train.lean_cpu_heap()  # as train.py does for this recipe (it lasts: so, last)
+    interactive = time_our_training(args, root, entries, device, "interactive")
     return {
         "device": device_name(device),
         "model": args.model,

@@ -42,6 +42,7 @@ from model import Features, autocast, decode, encode_images, upscale_logits
 
 CURVE_AT = (1, 3, 5)  # mIoU reported after these many clicks
 NOC_AT = (0.85, 0.90)
+MAX_CLICKS = 50  # --max-clicks at most: SAM and RITM report NoC within 20
 
 # predict(points (N, K, 2) | None, labels (N, K) | None, boxes (N, 4) | None, state)
 #   -> (masks (N, H, W) bool, state); state is None on the first call of a sequence
@@ -258,16 +259,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    p.add_argument("--data", required=True, help="dataset root (LabPics, folders or COCO)")
+    p.add_argument("--data", required=True, help="dataset root, any layout data.py reads")
     p.add_argument("--split", default="test", help="split to score")
     p.add_argument("--model", help="SAM 2 size; default: the one model.pt names, else small")
     p.add_argument("--checkpoint", help="weights: official if omitted, a file, or 'none' (random)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--max-clicks", type=int, default=20, help="clicks per mask at most")
+    p.add_argument(
+        "--max-clicks", type=int, default=20, help=f"clicks per mask at most, 1-{MAX_CLICKS}"
+    )
+    p.add_argument(
+        "--crowd-instances", action="store_true", help="COCO: crowd regions are instances (CVAT)"
+    )
+    p.add_argument(
+        "--ignore-index",
+        type=int,
+        default=255,
+        help="label PNG value that is no instance; -1: none",
+    )
     p.add_argument("--out", default="eval.json", help="where to write the results")
     args = p.parse_args(argv)
-    if args.max_clicks < 1:
-        p.error(f"--max-clicks must be >= 1, got {args.max_clicks}")
+    if not 1 <= args.max_clicks <= MAX_CLICKS:  # each click: a decoder pass per mask
+        p.error(f"--max-clicks must be between 1 and {MAX_CLICKS}, got {args.max_clicks}")
     return args
 
 
@@ -278,7 +290,10 @@ def main(argv: list[str] | None = None) -> dict:
         device = model.resolve_device(args.device)
         video = data.detect_format(args.data) == "video"  # DAVIS / YouTube-VOS / MOSE: J&F
         load = data.load_videos if video else data.load_split
-        ds = load(args.data, args.split)  # before the model: bad paths fail fast
+        kw = {} if video else dict(crowd=args.crowd_instances, ignore_index=args.ignore_index)
+        ds = load(args.data, args.split, **kw)  # before the model: bad paths fail fast
+        for note in getattr(ds, "notes", []):
+            print(note, file=sys.stderr)  # e.g. "test: 18 crowd (iscrowd=1) annotations skipped"
         name = args.model
         if name is None:
             is_file = args.checkpoint and Path(args.checkpoint).is_file()

@@ -393,7 +393,7 @@ def decode(
     coords, labs = [], []
     if boxes is not None:
         coords.append(boxes.reshape(-1, 2, 2))
-        corner = torch.tensor([2, 3], dtype=torch.int, device=boxes.device)
+        corner = torch.arange(2, 4, dtype=torch.int, device=boxes.device)  # no host copy
         labs.append(corner.expand(len(boxes), 2))
     if points is not None:
         coords.append(points)

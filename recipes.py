@@ -1,29 +1,42 @@
-"""The interactive training recipe: boxes, correction clicks and SAM 2's own loss.
+"""Every training recipe in one place: which prompts each mask gets, and which loss it trains.
 
-Meta's trainer for SAM 2 (training/model/sam2.py, training/loss_fns.py) with its defaults, on
-cached encoder features: every pass is a decoder call, the encoder never runs again.
+A recipe is recipe(sam, batch, cfg, gen) -> (loss, IoU per mask): `batch` a Batch (cached
+encoder features and masks of a step's images), `cfg` train.Config (it reads score_weight or
+clicks), `gen` the run's torch.Generator (all of the recipe's randomness). train.py only picks
+one from RECIPES (--recipe) and steps the optimizer. The video recipe takes a list of Clip
+instead of a Batch (its section, at the end).
 
-- First prompt per mask: its bounding box with probability 0.5 (each coordinate jittered by up to
-  10% of the box side, at most 20 px, clipped to the image), else one positive click drawn
-  uniformly inside the mask.
+article (default), "fine-tune SAM 2 in 60 lines":
+- one random click inside each mask (drawn by train.sample_batch), one decoder pass;
+- loss: BCE between the first of the 3 outputs, upscaled to the image, and the mask, plus
+  score_weight (0.05) x |predicted score - IoU|, averaged per image, then over images.
+
+interactive, Meta's trainer for SAM 2 (training/model/sam2.py, training/loss_fns.py):
+- first prompt per mask: its bounding box with probability 0.5, each coordinate jittered by up to
+  10% of the box side and at most 20 px, both measured in the 1024 x 1024 frame the encoder sees
+  (Meta jitters boxes of masks resized to it); else one positive click uniform inside the mask;
 - `clicks` correction passes (default 7): each adds one click drawn uniformly from the error
-  region of the previous prediction (positive where the object was missed, negative where
-  background was taken; with probability 0.1 from the ground-truth mask instead, positive), and
-  feeds the previous pass's low-res logits back as the mask prompt (gradient flows through it,
-  as in Meta's trainer).
-- Loss per pass, summed over passes, averaged over masks: 20 x focal (alpha 0.25, gamma 2)
-  + 1 x dice + 1 x |predicted IoU - real IoU|. With multimask output (one click, no box) only the
-  output with the lowest 20 x focal + dice gets the mask terms; the IoU term covers all outputs.
+  region of the previous prediction at full resolution (positive on missed object, negative on
+  taken background; with probability 0.1 from the mask itself, positive; after an exact
+  prediction, negative on the background) and feeds the previous pass's low-res logits back as
+  the mask prompt, gradient flowing through them as in Meta's trainer;
+- loss per pass, summed over passes, averaged over masks: 20 x focal (alpha 0.25, gamma 2)
+  + 1 x dice + 1 x |predicted IoU - real IoU|; with multimask output (one click, no box) only
+  the output with the lowest 20 x focal + dice gets the mask terms, the IoU term covers all;
+- each pass (decoder + its loss) is activation-checkpointed (torch.utils.checkpoint, as Meta's
+  use_act_ckpt_iterative_pt_sampling), in chunks of 32 masks: backward recomputes one chunk of
+  one pass at a time, so a step holds the activations of one pass of at most 32 masks plus
+  about 1 MiB per mask per pass, instead of ~100 MiB per mask per pass (fp32), for about 10%
+  more compute.
 
-The loss is computed on the decoder's own 256 x 256 grid against each ground-truth mask
+The interactive loss is computed on the decoder's own 256 x 256 grid against each mask
 area-downscaled to it (soft targets: the fraction of each cell the object covers). Meta upscales
-the logits to 1024 x 1024 first: a fixed bilinear map that adds no information but 16x the
-loss's time and memory. At --batch-size 4 --max-masks 32 and 8 passes (~1150 output maps), each
-float tensor the loss keeps for backward (it keeps several) is 4.5 GiB at 1024^2, 0.28 GiB at
-256^2. Correction clicks are drawn at full image resolution (no grad, one output per mask), so
-they always lie inside the real error region.
+the logits to 1024 x 1024 first: a fixed bilinear map that adds no information but 16x the loss's
+time and memory.
 
-    python train.py --data LabPicsV1 --recipe interactive --clicks 7   # (train.py's flags)
+The building blocks (jittered_boxes, uniform_points, correction_clicks, focal_loss, dice_loss,
+soft_iou, pass_loss) take plain tensors and are meant for reuse (the video recipe uses them, and
+so can a notebook):
 
     from functools import partial
     from model import decode
@@ -36,20 +49,74 @@ they always lie inside the real error region.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from sam2.utils.misc import mask_to_box
+from torch.utils.checkpoint import checkpoint
 
-from data import sample_points
-from model import Features, frame_prompt, track_clip, upscale_logits
+from model import Features, decode, frame_prompt, predict_logits, track_clip, upscale_logits
 
 LOW_RES = 256  # side of the decoder's mask logits (and of the mask prompt it takes)
+FRAME = 1024  # side of the square the image encoder sees (sam.image_size)
+MAX_CLICKS = 20  # correction clicks per mask at most: each one is a decoder pass per mask
 
 # decode_fn(img_idx, points=, labels=, boxes=, mask_input=, multimask=) -> (low_res, scores)
 DecodeFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Batch:
+    """One step's input to a recipe: features of B images, img_idx (M,) the image of each mask,
+    sizes (B, 2) as (H, W), masks per image [(N_i, H_i, W_i) bool] (sum N_i = M, in img_idx
+    order) and points (M, 2) one random click (x, y) inside each mask (the article's prompt)."""
+
+    feats: Features
+    img_idx: torch.Tensor
+    sizes: torch.Tensor
+    masks: list[torch.Tensor]
+    points: torch.Tensor
+
+
+def mask_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """IoU of (N, H, W) bool masks, row by row -> (N,); an empty union counts 0."""
+    inter = (pred & gt).flatten(1).sum(1)
+    return inter / (pred | gt).flatten(1).sum(1).clamp(min=1)
+
+
+# ----------------------------------------------------------------------------- the article
+
+
+def compute_loss(
+    low_res: torch.Tensor, scores: torch.Tensor, gts: list[torch.Tensor], score_weight: float = 0.05
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The article's loss, averaged over the images of a batch.
+
+    low_res: (M, C, 256, 256) logits and scores (M, C) for the M prompts, grouped by image in
+    the order of `gts`, a list of (N_i, H_i, W_i) bool masks (sum N_i = M). For each image: BCE
+    between its first-output logits upscaled to (H_i, W_i) and the masks, plus score_weight *
+    mean |score - IoU| (IoU of logits > 0 vs the mask, no grad). Returns (loss, iou (M,)).
+    """
+    losses, ious, start = [], [], 0
+    for gt in gts:
+        n = len(gt)
+        logits = upscale_logits(low_res[start : start + n, :1], gt.shape[-2:])[:, 0]
+        seg = F.binary_cross_entropy_with_logits(logits, gt.to(logits.dtype))
+        iou = mask_iou(logits.detach() > 0, gt)
+        score = (scores[start : start + n, 0].float() - iou).abs().mean()
+        losses.append(seg + score_weight * score)
+        ious.append(iou)
+        start += n
+    return torch.stack(losses).mean(), torch.cat(ious)
+
+
+def article_recipe(sam, batch: Batch, cfg, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """The article: each mask's click decoded once; its loss. Returns (loss, IoU per mask)."""
+    low_res, scores = predict_logits(sam, batch.feats, batch.img_idx, batch.points, batch.sizes)
+    return compute_loss(low_res, scores, batch.masks, cfg.score_weight)
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -60,53 +127,126 @@ def _rand(shape, gen: torch.Generator, device) -> torch.Tensor:
     return torch.rand(shape, generator=gen, device=gen.device).to(device)
 
 
+def _to(values: list, device) -> torch.Tensor:
+    """A small host list on `device` without waiting for the device's queue (a plain .to()
+    of pageable memory synchronizes the CUDA stream)."""
+    return torch.tensor(values).to(device, non_blocking=True)
+
+
+def pad_masks(gts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image masks [(N_i, H_i, W_i) bool] -> all M = sum N_i rows on one canvas
+    (M, max H_i, max W_i) bool, each at the top left (False outside it), and hw (M, 2) long:
+    each row's own (H, W)."""
+    h, w = max(g.shape[-2] for g in gts), max(g.shape[-1] for g in gts)
+    rows = [F.pad(g, (0, w - g.shape[-1], 0, h - g.shape[-2])) for g in gts]
+    hw = _to([list(g.shape[-2:]) for g in gts for _ in range(len(g))], gts[0].device)
+    return torch.cat(rows), hw.long().reshape(-1, 2)
+
+
+def uniform_points(regions: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """(N, H, W) bool -> (N, 2) float (x, y): one pixel drawn uniformly from each region.
+
+    Inverse CDF over the flattened region (the k-th set pixel, k = floor(u x area)): N random
+    numbers, the same ones and the same pixels as data.sample_points, but without its
+    empty-region check (a host sync); an empty region gives (0, 0), so callers pass non-empty
+    ones.
+    """
+    n, w = regions.shape[0], regions.shape[-1]
+    csum = regions.reshape(n, -1).cumsum(1, dtype=torch.int32)  # (N, H*W), sorted per row
+    area = csum[:, -1]
+    k = (_rand(n, gen, regions.device) * area).long().minimum(area.long() - 1)
+    idx = torch.searchsorted(csum, (k + 1).to(torch.int32)[:, None]).squeeze(1)
+    return torch.stack([idx % w, idx // w], dim=1).float()
+
+
 def jittered_boxes(
-    masks: torch.Tensor, gen: torch.Generator, noise: float = 0.1, bound: float = 20.0
+    masks: torch.Tensor,
+    gen: torch.Generator,
+    noise: float = 0.1,
+    bound: float = 20.0,
+    hw: torch.Tensor | None = None,
+    frame: int = FRAME,
 ) -> torch.Tensor:
-    """(N, H, W) bool -> (N, 4) float xyxy: each mask's bounding box (inclusive pixel corners),
-    each coordinate moved by U(-1, 1) x min(noise x box side, bound) px, clipped to the image."""
+    """(N, H, W) bool -> (N, 4) float xyxy pixels: each mask's bounding box (inclusive pixel
+    corners), each coordinate moved by U(-1, 1) x min(noise x box side, bound), sides and bound
+    measured in the frame x frame square the encoder sees (the image stretched to it, as Meta's
+    trainer jitters boxes of 1024 x 1024 masks), then clipped to the image.
+
+    hw: (N, 2) each row's own (H, W) when the rows are padded to a common canvas (pad_masks);
+    default the masks' size. A W-pixel-wide image moves x by up to bound x W / frame pixels.
+    """
     n, h, w = masks.shape
+    if hw is None:
+        hw = _to([h, w], masks.device).expand(n, 2)
     box = mask_to_box(masks[:, None])[:, 0].float()  # (N, 4)
-    side = (box[:, 2:] - box[:, :2]).repeat(1, 2)  # (w, h, w, h)
+    to_frame = (frame / hw.flip(1).float()).repeat(1, 2)  # (N, 4): x, y, x, y
+    side = ((box[:, 2:] - box[:, :2]).repeat(1, 2) * to_frame).clamp(min=0)
     delta = (2 * _rand((n, 4), gen, masks.device) - 1) * (noise * side).clamp(max=bound)
-    hi = torch.tensor([w - 1, h - 1, w - 1, h - 1], dtype=box.dtype, device=box.device)
-    return (box + delta).clamp(min=torch.zeros_like(hi), max=hi)
+    hi = (hw.flip(1).float() - 1).repeat(1, 2)
+    return (box + delta / to_frame).clamp(min=torch.zeros_like(hi), max=hi)
+
+
+def _bilinear_rows(sizes: torch.Tensor, length: int) -> torch.Tensor:
+    """(M,) output lengths -> (M, length, 256) weights of F.interpolate's bilinear resize
+    (align_corners=False) from 256 to each length; rows past a length are 0."""
+    dev = sizes.device
+    j = torch.arange(length, device=dev, dtype=torch.float32)
+    src = (j + 0.5) * (LOW_RES / sizes.float())[:, None] - 0.5  # (M, length), as F.interpolate
+    src = src.clamp(0, LOW_RES - 1)
+    taps = torch.arange(LOW_RES, device=dev, dtype=torch.float32)
+    weights = (1 - (src[..., None] - taps).abs()).clamp(min=0)  # 2 taps: 1 - frac and frac
+    return weights * (j < sizes[:, None])[..., None]
+
+
+def upscale_rows(low_res: torch.Tensor, hw: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
+    """(M, 1, 256, 256) logits -> (M, H, W) float on a `canvas` (H, W): row r bilinearly
+    upscaled to its own hw[r] (as model.upscale_logits, up to float rounding) at the top left,
+    0 outside it. One batched pair of matmuls for rows of any sizes, in fp32 under autocast."""
+    with torch.autocast(low_res.device.type, enabled=False):
+        rows = _bilinear_rows(hw[:, 0], canvas[0])  # (M, H, 256)
+        cols = _bilinear_rows(hw[:, 1], canvas[1])  # (M, W, 256)
+        return rows @ low_res[:, 0].float() @ cols.transpose(1, 2)
 
 
 @torch.no_grad()
 def correction_clicks(
-    low_res: torch.Tensor, gts: list[torch.Tensor], gen: torch.Generator, gt_prob: float = 0.1
+    low_res: torch.Tensor,
+    gts: torch.Tensor | list[torch.Tensor],
+    gen: torch.Generator,
+    gt_prob: float = 0.1,
+    hw: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One click per mask from the error region of its prediction, at full resolution.
+    """One click per mask from the error region of its prediction, at full resolution, for all
+    rows at once (no host sync).
 
-    low_res: (M, 1, 256, 256) logits, rows grouped by image in the order of `gts`, a list of
-    (N_i, H_i, W_i) bool masks (sum N_i = M). Returns points (M, 2) float (x, y) pixels and
-    labels (M,) int: drawn uniformly from missed object (label 1) + taken background (label 0);
-    with probability `gt_prob` from the mask itself (label 1). A perfect prediction gets a
-    negative click on the background, as in Meta's sampler (a mask filling the whole image
-    gets a positive one).
+    low_res: (M, 1, 256, 256) logits. gts: (M, H, W) bool, row r at the top left of the canvas
+    with its own size hw[r] (M, 2) (default: the whole canvas), as pad_masks gives; or a list of
+    per-image (N_i, H_i, W_i) bool masks in row order (padded here). Returns points (M, 2)
+    float (x, y) pixels and labels (M,) int: drawn uniformly from missed object (label 1) +
+    taken background (label 0); with probability `gt_prob` from the mask itself (label 1). A
+    perfect prediction gets a negative click on the background, as in Meta's sampler (a mask
+    filling its whole image gets a positive one).
     """
-    from_gt = _rand(len(low_res), gen, low_res.device) < gt_prob
-    points, labels, start = [], [], 0
-    for gt in gts:
-        n = len(gt)
-        if n == 0:
-            continue
-        pred = upscale_logits(low_res[start : start + n], gt.shape[-2:])[:, 0] > 0
-        region = pred ^ gt
-        perfect = ~region.flatten(1).any(1)
-        region[perfect] = ~gt[perfect]
-        use_gt = from_gt[start : start + n] | ~region.flatten(1).any(1)
-        region = torch.where(use_gt[:, None, None], gt, region)
-        xy = sample_points(region, gen)
-        x, y = xy.long().unbind(1)
-        points.append(xy)
-        labels.append(gt[torch.arange(n, device=gt.device), y, x].int())
-        start += n
-    return torch.cat(points), torch.cat(labels)
+    if isinstance(gts, list):
+        gts, hw = pad_masks(gts)
+    m, h, w = gts.shape
+    if hw is None:
+        hw = _to([h, w], gts.device).expand(m, 2)
+    from_gt = _rand(m, gen, low_res.device) < gt_prob
+    gt = gts.bool()
+    region = (upscale_rows(low_res, hw, (h, w)) > 0) ^ gt
+    ys, xs = torch.arange(h, device=gts.device), torch.arange(w, device=gts.device)
+    inside = (ys[:, None] < hw[:, 0, None, None]) & (xs < hw[:, 1, None, None])  # (M, H, W)
+    perfect = ~region.flatten(1).any(1)
+    region = torch.where(perfect[:, None, None], ~gt & inside, region)
+    use_gt = from_gt | ~region.flatten(1).any(1)
+    region = torch.where(use_gt[:, None, None], gt, region)
+    xy = uniform_points(region, gen)
+    x, y = xy.long().unbind(1)
+    return xy, gt[torch.arange(m, device=gt.device), y, x].int()
 
 
-# ----------------------------------------------------------------------------- loss
+# ----------------------------------------------------------------------------- interactive loss
 
 
 def low_res_targets(gts: list[torch.Tensor]) -> torch.Tensor:
@@ -157,7 +297,7 @@ def pass_loss(
     low_res (M, C, 256, 256) logits, scores (M, C), target (M, 256, 256) soft masks;
     weights (focal, dice, IoU). Returns loss (M,) and IoU (M, C). With C > 1 the focal + dice
     terms come from the output with the lowest weighted focal + dice only (Meta's rule); the
-    |score - IoU| term is the mean over all C outputs.
+    IoU term, |predicted IoU - soft_iou|, is the mean over all C outputs.
     """
     logits = low_res.float()
     t = target[:, None].expand_as(logits)
@@ -168,12 +308,28 @@ def pass_loss(
     return mask.gather(1, best)[:, 0] + weights[2] * score, iou
 
 
-# ----------------------------------------------------------------------------- the recipe
+# ----------------------------------------------------------------------------- interactive
+
+
+def _decode_and_score(decode_fn, target, weights, img_idx, points, labels, boxes, mask_input):
+    """One pass: decode, then its loss. Returns (low_res, scores, loss (M,), IoU (M, C))."""
+    multimask = boxes is None and points.shape[1] == 1  # SAM 2: one click alone is ambiguous
+    low_res, scores = decode_fn(
+        img_idx,
+        points=points,
+        labels=labels,
+        boxes=boxes,
+        mask_input=mask_input,
+        multimask=multimask,
+    )
+    return low_res, scores, *pass_loss(low_res, scores, target, weights)
 
 
 def _rollout(
     decode_fn: DecodeFn,
-    gts: list[torch.Tensor],
+    img_idx: torch.Tensor,
+    gts: torch.Tensor,
+    hw: torch.Tensor,
     targets: torch.Tensor,
     points: torch.Tensor | None,
     boxes: torch.Tensor | None,
@@ -181,27 +337,34 @@ def _rollout(
     clicks: int,
     gt_prob: float,
     weights: tuple[float, float, float],
+    act_ckpt: bool,
+    chunk: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """1 + clicks passes for rows that all start with a box or all with one click.
-    Returns the loss summed over passes and masks, and the first pass's IoU (M,)."""
+    """1 + clicks passes for rows (gts (R, H, W) padded, hw (R, 2)) that all start with a box or
+    all with one click. Returns the loss summed over passes and rows, and the first pass's IoU
+    (R,) of the output with the highest predicted IoU (the one SAM 2 shows)."""
     dev = targets.device
-    img_idx = torch.cat(
-        [torch.full((len(g),), i, dtype=torch.long, device=dev) for i, g in enumerate(gts)]
-    )
     labels = None if points is None else torch.ones(points.shape[:2], dtype=torch.int, device=dev)
     rows = torch.arange(len(img_idx), device=dev)
+
+    def one_pass(*prompts):  # points, labels, boxes, mask_input
+        if not (act_ckpt and torch.is_grad_enabled()):
+            return _decode_and_score(decode_fn, targets, weights, img_idx, *prompts)
+        parts = []
+        for c in range(0, len(rows), chunk):  # backward recomputes one chunk at a time
+            cut = slice(c, c + chunk)
+            args = (
+                targets[cut],
+                weights,
+                img_idx[cut],
+                *(p if p is None else p[cut] for p in prompts),
+            )
+            parts.append(checkpoint(_decode_and_score, decode_fn, *args, use_reentrant=False))
+        return [torch.cat(outputs) for outputs in zip(*parts)]
+
     mask_input, total, first_iou = None, 0.0, None
     for p in range(clicks + 1):
-        multimask = boxes is None and points.shape[1] == 1  # SAM 2: one click is ambiguous
-        low_res, scores = decode_fn(
-            img_idx,
-            points=points,
-            labels=labels,
-            boxes=boxes,
-            mask_input=mask_input,
-            multimask=multimask,
-        )
-        loss, iou = pass_loss(low_res, scores, targets, weights)
+        low_res, scores, loss, iou = one_pass(points, labels, boxes, mask_input)
         total = total + loss.sum()
         shown = scores.detach().argmax(1)  # the output a user would see, as SAM2Base picks
         if p == 0:
@@ -209,7 +372,7 @@ def _rollout(
         if p == clicks:
             break
         mask_input = low_res[rows, shown][:, None]
-        pt, lab = correction_clicks(mask_input.detach(), gts, gen, gt_prob)
+        pt, lab = correction_clicks(mask_input.detach(), gts, gen, gt_prob, hw)
         points = pt[:, None] if points is None else torch.cat([points, pt[:, None]], 1)
         labels = lab[:, None] if labels is None else torch.cat([labels, lab[:, None]], 1)
     return total, first_iou
@@ -223,6 +386,9 @@ def interactive_loss(
     box_prob: float = 0.5,
     gt_prob: float = 0.1,
     weights: tuple[float, float, float] = (20.0, 1.0, 1.0),
+    act_ckpt: bool = True,
+    chunk: int = 32,
+    frame: int = FRAME,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The interactive recipe's loss for one batch.
 
@@ -231,32 +397,48 @@ def interactive_loss(
     in `decode`. gts: per image i of the batch, its (N_i, H_i, W_i) bool masks (non-empty),
     on the training device; rows are these masks in order (row r belongs to image i when it is
     among image i's N_i). gen: all randomness (boxes vs clicks, jitter, clicks) comes from it.
+    act_ckpt: recompute each pass in backward instead of keeping its activations (same loss
+    and gradients), `chunk` rows per checkpointed decoder call, so the step's memory is that of
+    one pass of `chunk` masks plus ~1 MiB per mask per pass kept (module docstring).
+    frame: the encoder's input side (sam.image_size), where boxes are jittered.
     Returns the loss (summed over the 1 + clicks passes, averaged over the M = sum N_i masks)
     and the first pass's IoU per mask (M,), of the output with the highest predicted IoU.
 
     Rows starting with a box and rows starting with a click are decoded as two groups (two
     decoder calls per pass), so every row has exactly the prompts SAM 2 saw in training and no
     padding tokens.
+
+    Host syncs in a training step with this recipe (CUDA): 1 here, use_box.tolist() below (the
+    two groups' sizes set the decoder calls' shapes); then train.train_step's finiteness check
+    (1; the GradScaler's inf check adds 1 under fp16) and train.fit's two .item() reads for the
+    running log means. Everything else (boxes, every click, targets, the loss) stays on the
+    device; small host lists are copied with non_blocking=True.
     """
-    counts = [len(g) for g in gts]
-    m = sum(counts)
-    if m == 0:
+    gts = [g for g in gts if len(g)]
+    if not gts:
         raise ValueError("interactive_loss: the batch has no masks")
     dev = gts[0].device
+    img_idx = torch.cat(
+        [torch.full((len(g),), i, dtype=torch.long, device=dev) for i, g in enumerate(gts)]
+    )
+    m = len(img_idx)
+    canvas, hw = pad_masks(gts)
     use_box = _rand(m, gen, dev) < box_prob
-    boxes = torch.cat([jittered_boxes(g, gen) for g in gts if len(g)])
-    clicks0 = torch.cat([sample_points(g, gen) for g in gts if len(g)])
-    targets = low_res_targets([g for g in gts if len(g)])
+    boxes = jittered_boxes(canvas, gen, hw=hw, frame=frame)
+    clicks0 = uniform_points(canvas, gen)
+    targets = low_res_targets(gts)
     total, first_iou = 0.0, torch.zeros(m, device=dev)
+    box_rows = use_box.tolist()  # the step's one sync in this recipe (see the docstring)
     for box_group in (True, False):
-        sel = (use_box == box_group).nonzero()[:, 0]
-        if len(sel) == 0:
+        sel = [r for r in range(m) if box_rows[r] == box_group]
+        if not sel:
             continue
-        split = (use_box == box_group).split(counts)
-        group_gts = [g[s] for g, s in zip(gts, split)]
+        sel = _to(sel, dev)
         loss, iou = _rollout(
             decode_fn,
-            group_gts,
+            img_idx[sel],
+            canvas[sel],
+            hw[sel],
             targets[sel],
             None if box_group else clicks0[sel, None],
             boxes[sel] if box_group else None,
@@ -264,10 +446,18 @@ def interactive_loss(
             clicks,
             gt_prob,
             weights,
+            act_ckpt,
+            chunk,
         )
         total = total + loss
-        first_iou[sel] = iou
+        first_iou.index_copy_(0, sel, iou)
     return total / m, first_iou
+
+
+def interactive_recipe(sam, batch: Batch, cfg, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """Meta's trainer: a box or a click, then cfg.clicks correction clicks (interactive_loss)."""
+    decode_fn = functools.partial(decode, sam, batch.feats, sizes=batch.sizes)
+    return interactive_loss(decode_fn, batch.masks, gen, clicks=cfg.clicks, frame=sam.image_size)
 
 
 # ----------------------------------------------------------------------------- the video recipe
@@ -310,7 +500,7 @@ def video_prompts(sam, clip: Clip, gen: torch.Generator, p: float = 0.5) -> tupl
             prompts[t] = frame_prompt(sam, g.shape[-2:], boxes=jittered_boxes(g, gen))
         else:
             one = torch.ones(len(g), 1, dtype=torch.int32, device=dev)
-            prompts[t] = frame_prompt(sam, g.shape[-2:], sample_points(g, gen)[:, None], one)
+            prompts[t] = frame_prompt(sam, g.shape[-2:], uniform_points(g, gen)[:, None], one)
     rest = [t for t in full if t not in cond]
     extra = [rest[int(u[3] * len(rest))]] if len(cond) == 1 and rest and u[4] < p else []
     return prompts, [] if use_mask else cond + extra
@@ -373,3 +563,6 @@ def _video_clicks(sam, gt: torch.Tensor, gen: torch.Generator):
         return p["point_coords"], p["point_labels"]
 
     return click
+
+
+RECIPES = {"article": article_recipe, "interactive": interactive_recipe, "video": video_recipe}

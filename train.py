@@ -29,9 +29,9 @@ import argparse
 import contextlib
 import copy
 import csv
+import ctypes
 import dataclasses
 import fcntl
-import functools
 import json
 import math
 import os
@@ -47,10 +47,10 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import data
 import recipes
+from evaluate import MAX_CLICKS as EVAL_CLICKS
 from evaluate import evaluate_features, evaluate_videos, format_table
 from model import (
     MODELS,
@@ -59,7 +59,6 @@ from model import (
     amp_dtype,
     autocast,
     check_fits,
-    decode,
     encode_frames,
     encode_images,
     freeze_for_finetune,
@@ -72,6 +71,7 @@ from model import (
     resolve_device,
     upscale_logits,
 )
+from recipes import MAX_CLICKS, RECIPES, Batch, mask_iou, uniform_points
 
 
 @dataclass
@@ -150,7 +150,8 @@ AT_MOST = {
     "max_side": (2048, "SAM 2 sees images at 1024 px; larger masks only cost memory"),
     "encode_batch": (64, "images per image-encoder call; its memory grows with it"),
     "workers": (64, "each DataLoader process holds its own copy of the dataset reader"),
-    "eval_clicks": (100, "each click is one more decoder pass per validation mask"),
+    "clicks": (MAX_CLICKS, "each click is one more decoder pass per mask (Meta trains with 7)"),
+    "eval_clicks": (EVAL_CLICKS, "each click is one more decoder pass per validation mask"),
 }
 MAX_MASKS_PER_STEP = 2048
 
@@ -186,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--clicks correction clicks, focal + dice + IoU loss (SAM 2's trainer); video: clips, "
         "memory trained too (Meta's MOSE fine-tune; --data: DAVIS / YouTube-VOS / MOSE layout)",
     )
-    g.add_argument("--clicks", type=int, help="interactive, video: correction clicks per mask")
+    g.add_argument(
+        "--clicks", type=int, help="interactive, video: correction clicks per mask, 0-20"
+    )
     g.add_argument("--frames", type=int, help="video: frames per clip")
     g.add_argument("--objects", type=int, help="video: objects per clip at most (random)")
     g.add_argument("--steps", type=int, help="total optimizer steps (--resume continues to it)")
@@ -251,6 +254,16 @@ class Context:
     device: torch.device
     out: Path
     stops: StopSignals = dataclasses.field(default_factory=lambda: StopSignals())
+
+
+def lean_cpu_heap() -> None:
+    """Interactive recipe on the CPU (glibc): map tensors of 8 MiB and up from the system and
+    give them back when freed. By default glibc raises that limit to 32 MiB as such tensors
+    are freed and keeps them in its heap, which the recipe's passes and recomputations
+    fragment: a demo run (README, "Memory") peaked at 6.5 GiB of RSS, 4.1 GiB with this, for
+    more page faults (about 20% more CPU time)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
+        ctypes.CDLL(None).mallopt(-3, 8 << 20)  # -3: M_MMAP_THRESHOLD
 
 
 def setup_distributed(device_flag: str) -> tuple[int, int, torch.device]:
@@ -603,80 +616,19 @@ def batch_indices(step: int, ids: list[int], batch_size: int, seed: int) -> list
 # ----------------------------------------------------------------------------- recipe
 
 
-@dataclass
-class Batch:
-    """One step's prompts: features of B images, img_idx (M,) the image of each mask, sizes
-    (B, 2) as (H, W), masks per image [(N_i, H_i, W_i) bool] (sum N_i = M, in img_idx order)
-    and points (M, 2) one random click (x, y) inside each mask."""
-
-    feats: Features
-    img_idx: torch.Tensor
-    sizes: torch.Tensor
-    masks: list[torch.Tensor]
-    points: torch.Tensor
-
-
 def sample_batch(images: list[CachedImage], max_masks: int, gen: torch.Generator) -> Batch:
-    """Up to `max_masks` random masks per image, one random click in each."""
+    """Up to `max_masks` random masks per image, one random click in each (no host sync)."""
     masks, points, idx = [], [], []
     for b, im in enumerate(images):
         m = im.masks
         if len(m) > max_masks:
             m = m[torch.randperm(len(m), generator=gen, device=gen.device)[:max_masks]]
         masks.append(m)
-        points.append(data.sample_points(m, gen))
+        points.append(uniform_points(m, gen))  # cached masks are never empty
         idx.append(torch.full((len(m),), b, dtype=torch.long, device=m.device))
     feats = Features.cat([im.feats for im in images])
-    sizes = torch.tensor([im.hw for im in images], device=feats.image_embed.device)
+    sizes = torch.tensor([im.hw for im in images]).to(feats.image_embed.device, non_blocking=True)
     return Batch(feats, torch.cat(idx), sizes, masks, torch.cat(points))
-
-
-def mask_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """IoU of (N, H, W) bool masks, row by row -> (N,); an empty union counts 0."""
-    inter = (pred & gt).flatten(1).sum(1)
-    return inter / (pred | gt).flatten(1).sum(1).clamp(min=1)
-
-
-def compute_loss(
-    low_res: torch.Tensor, scores: torch.Tensor, gts: list[torch.Tensor], score_weight: float = 0.05
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The article's loss, averaged over the images of a batch.
-
-    low_res: (M, C, 256, 256) logits and scores (M, C) for the M prompts, grouped by image in
-    the order of `gts`, a list of (N_i, H_i, W_i) bool masks (sum N_i = M). For each image: BCE
-    between its first-output logits upscaled to (H_i, W_i) and the masks, plus score_weight *
-    mean |score - IoU| (IoU of logits > 0 vs the mask, no grad). Returns (loss, iou (M,)).
-    """
-    losses, ious, start = [], [], 0
-    for gt in gts:
-        n = len(gt)
-        logits = upscale_logits(low_res[start : start + n, :1], gt.shape[-2:])[:, 0]
-        seg = F.binary_cross_entropy_with_logits(logits, gt.to(logits.dtype))
-        iou = mask_iou(logits.detach() > 0, gt)
-        score = (scores[start : start + n, 0].float() - iou).abs().mean()
-        losses.append(seg + score_weight * score)
-        ious.append(iou)
-        start += n
-    return torch.stack(losses).mean(), torch.cat(ious)
-
-
-def article_recipe(sam, batch: Batch, cfg: Config, gen) -> tuple[torch.Tensor, torch.Tensor]:
-    """The article: each mask's click decoded once; its loss. Returns (loss, IoU per mask)."""
-    low_res, scores = predict_logits(sam, batch.feats, batch.img_idx, batch.points, batch.sizes)
-    return compute_loss(low_res, scores, batch.masks, cfg.score_weight)
-
-
-def interactive_recipe(sam, batch: Batch, cfg: Config, gen) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAM 2's trainer: a box or a click, then cfg.clicks correction clicks (recipes.py)."""
-    decode_fn = functools.partial(decode, sam, batch.feats, sizes=batch.sizes)
-    return recipes.interactive_loss(decode_fn, batch.masks, gen, clicks=cfg.clicks)
-
-
-RECIPES = {
-    "article": article_recipe,
-    "interactive": interactive_recipe,
-    "video": recipes.video_recipe,
-}
 
 
 class Trainable(torch.nn.Module):
@@ -1108,6 +1060,8 @@ def train(cfg: Config) -> dict:
 def run_training(cfg: Config, stops: StopSignals) -> dict:
     """train() without the signal handling."""
     rank, world, device = setup_distributed(cfg.device)
+    if device.type == "cpu" and cfg.recipe == "interactive":
+        lean_cpu_heap()
     ctx = Context(rank, world, device, Path(cfg.out), stops)
     stops.rank = rank
     if cfg.demo and rank == 0 and not Path(cfg.data).exists():

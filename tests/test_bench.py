@@ -1,5 +1,6 @@
 """bench.py end to end on the CPU with the smallest settings: tiny random-init SAM 2, 2 demo
-images, 1 timed step each way, 1 image (4 points) through each inference method."""
+images, 1 timed step each way (and 1 more per recipe for its memory), 1 image (4 points)
+through each inference method."""
 
 import json
 import math
@@ -41,6 +42,7 @@ def test_bench_minimal(tmp_path, capsys):
         "peak GPU memory",
         "ours/article",
         "--recipe interactive",
+        "per mask per pass",
     ):
         assert label in printed, label
 
@@ -63,6 +65,13 @@ def test_bench_minimal(tmp_path, capsys):
     ):
         assert positive(v), v
     assert tr["ours"]["peak_gib"] is None  # no GPU figure on the CPU
+    # one more step per recipe for its memory: process RSS on the CPU (Linux)
+    assert tr["ours"]["passes"] == 1 and tr["interactive"]["passes"] == 8
+    for recipe in ("ours", "interactive"):
+        m = tr[recipe]
+        assert m["memory_step_masks"] >= 1 and positive(m["step_peak_gib"])
+        assert positive(m["mib_per_mask_pass"]) and m["mib_per_mask_pass"] * 2**20 < 2**32
+        assert m["kept_mib_per_mask_pass"] <= m["mib_per_mask_pass"]
 
     # same loss math: the article's sigmoid + log(p + 1e-5) BCE vs ours from logits
     loss = r["loss"]["fp32"]

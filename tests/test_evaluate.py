@@ -1,14 +1,17 @@
 """evaluate.py: SAM's click protocol and its metrics on cases with a known answer, and the CLI."""
 
+import copy
 import json
 import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import data
 import evaluate
 from evaluate import click_ious, format_table, next_clicks, score_masks, summarize
+from model import Features, decode, upscale_logits
 
 
 def rects(h: int = 30, w: int = 40) -> np.ndarray:
@@ -100,6 +103,68 @@ def test_next_click_is_at_the_centre_of_the_largest_error():
     assert not err[0]
 
 
+def test_next_click_counts_the_image_border_as_boundary():
+    """A 9 px strip along the left border: its centre column is x = 4, not the border."""
+    gt = np.zeros((1, 60, 40), bool)
+    gt[0, 5:55, 0:9] = True
+    pts, labels, _ = next_clicks(gt, np.zeros_like(gt))
+    assert pts[0, 0] == 4 and labels[0] == 1
+
+
+def test_model_predictor_shows_the_best_output_and_feeds_it_back(tiny_model):
+    """One click: the output with the highest predicted IoU is shown and becomes the state; the
+    next call feeds that state back as the mask prompt and gets one output."""
+    sam = copy.deepcopy(tiny_model)
+    with torch.no_grad():  # random weights score output 0 highest almost always: even it out
+        sam.sam_mask_decoder.iou_prediction_head.layers[-1].bias[3] += 0.06
+    g = torch.Generator().manual_seed(0)
+    feats = Features(
+        torch.randn(1, 256, 64, 64, generator=g),
+        [torch.randn(1, 32, 256, 256, generator=g), torch.randn(1, 64, 128, 128, generator=g)],
+    )
+    hw, n = (48, 64), 4
+    predict = evaluate.model_predictor(sam, feats, hw)
+    pts = np.array([[[10, 20]], [[40, 30]], [[5, 5]], [[60, 40]]], np.float32)
+    labels = np.ones((n, 1), np.int64)
+
+    def direct(points, labels, mask_input, multimask):
+        with torch.no_grad():
+            return decode(
+                sam,
+                feats,
+                torch.zeros(n, dtype=torch.long),
+                torch.tensor([hw]),
+                torch.from_numpy(points),
+                torch.from_numpy(labels).int(),
+                mask_input=mask_input,
+                multimask=multimask,
+            )
+
+    masks, state = predict(pts, labels, None, None)
+    low, scores = direct(pts, labels, None, True)
+    best = scores.argmax(1)
+    assert (best != 0).any() and (best == 0).any()  # showing output 0 would be caught
+    torch.testing.assert_close(state, low[torch.arange(n), best][:, None], rtol=0, atol=0)
+    np.testing.assert_array_equal(masks, (upscale_logits(state, hw)[:, 0] > 0).numpy())
+
+    pts2 = np.concatenate([pts, pts + 3], 1)
+    labels2 = np.concatenate([labels, 0 * labels], 1)
+    masks2, state2 = predict(pts2, labels2, None, state)
+    fed, _ = direct(pts2, labels2, state, False)
+    torch.testing.assert_close(state2, fed, rtol=0, atol=0)
+    assert not torch.allclose(fed, direct(pts2, labels2, None, False)[0])  # the state matters
+    np.testing.assert_array_equal(masks2, (upscale_logits(fed, hw)[:, 0] > 0).numpy())
+
+
+def test_max_clicks_has_bounds(capsys):
+    for bad in ("0", str(evaluate.MAX_CLICKS + 1)):
+        with pytest.raises(SystemExit):
+            evaluate.parse_args(["--data", "x", "--max-clicks", bad])
+        err = capsys.readouterr().err
+        assert f"--max-clicks must be between 1 and {evaluate.MAX_CLICKS}, got {bad}" in err
+    assert evaluate.parse_args(["--data", "x", "--max-clicks", "50"]).max_clicks == 50
+
+
 def test_repeated_clicks_when_nothing_is_left_to_fix():
     """An exact mask before the 5th click: the next clicks repeat the last one (no noise)."""
     gts = rects()
@@ -137,6 +202,19 @@ def test_cli_end_to_end(tmp_path, capsys):
 
     with pytest.raises(SystemExit, match="error: .*nowhere"):
         evaluate.main(["--data", str(tmp_path / "nowhere"), "--checkpoint", "none"])
-    with pytest.raises(SystemExit):
-        evaluate.main([*argv, "--max-clicks", "0"])
-    assert "--max-clicks must be >= 1" in capsys.readouterr().err
+
+
+def test_cli_reads_crowd_regions_as_train_py_does(tmp_path, capsys):
+    """A CVAT export: its mask shapes are crowd regions, skipped with a note by default and
+    scored with --crowd-instances, as train.py reads them."""
+    from test_data import cvat_coco
+
+    cvat_coco(tmp_path / "cvat")
+    argv = ["--data", str(tmp_path / "cvat"), "--split", "all", "--model", "tiny"]
+    argv += ["--checkpoint", "none", "--device", "cpu", "--max-clicks", "1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights
+        plain = evaluate.main([*argv, "--out", str(tmp_path / "a.json")])
+        assert "3 crowd (iscrowd=1) annotations skipped" in capsys.readouterr().err
+        crowd = evaluate.main([*argv, "--crowd-instances", "--out", str(tmp_path / "b.json")])
+    assert (plain["metrics"]["masks"], crowd["metrics"]["masks"]) == (1, 4)

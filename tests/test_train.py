@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import bench
 import data
+import recipes
 import train
 from model import MODELS, encode_images, freeze_for_finetune, predict_logits
 
@@ -271,7 +272,7 @@ def test_loss_falls(demo):
     def fixed_loss():
         with torch.no_grad():
             batch = train.sample_batch(fixed, 3, torch.Generator().manual_seed(123))
-            return train.article_recipe(sam, batch, cfg, None)[0].item()
+            return recipes.article_recipe(sam, batch, cfg, None)[0].item()
 
     before = fixed_loss()
     for step in range(24):
@@ -307,7 +308,9 @@ def test_loss_matches_the_article(demo, tiny_model):
             torch.from_numpy(sample.points),
             torch.tensor([sample.image.shape[:2]]),
         )
-        ours, ours_iou = train.compute_loss(ours_low, ours_scores, [torch.from_numpy(sample.masks)])
+        ours, ours_iou = recipes.compute_loss(
+            ours_low, ours_scores, [torch.from_numpy(sample.masks)]
+        )
     torch.testing.assert_close(ours, article.detach(), rtol=2e-3, atol=2e-4)
     torch.testing.assert_close(ours_iou, iou.detach(), rtol=0, atol=1e-6)
 
@@ -335,7 +338,7 @@ def test_compute_loss_is_stable_on_extreme_logits():
     gt = torch.zeros(1, 8, 8, dtype=torch.bool)
     gt[0, :4] = True
     low = torch.full((1, 3, 256, 256), -1e4, requires_grad=True)
-    loss, iou = train.compute_loss(low, torch.zeros(1, 3), [gt])
+    loss, iou = recipes.compute_loss(low, torch.zeros(1, 3), [gt])
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(low.grad).all()
     assert iou.item() == 0.0
@@ -469,7 +472,8 @@ def test_refuses_to_save_nan_weights(tmp_path, tiny_model):
         (["--batch-size", "64", "--max-masks", "64"], "64 x --max-masks 64 = 4096 masks per step"),
         (["--max-side", "5000"], "--max-side 5000 is over 2048: SAM 2 sees images at 1024 px"),
         (["--encode-batch", "500"], "--encode-batch 500 is over 64"),
-        (["--eval-clicks", "1000"], "--eval-clicks 1000 is over 100"),
+        (["--eval-clicks", "1000"], "--eval-clicks 1000 is over 50"),
+        (["--clicks", "21"], "--clicks 21 is over 20: each click is one more decoder pass"),
         (["--workers", "1000"], "--workers 1000 is over 64"),
     ],
 )
