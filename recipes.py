@@ -186,25 +186,26 @@ def jittered_boxes(
     return (box + delta / to_frame).clamp(min=torch.zeros_like(hi), max=hi)
 
 
-def _bilinear_rows(sizes: torch.Tensor, length: int) -> torch.Tensor:
-    """(M,) output lengths -> (M, length, 256) weights of F.interpolate's bilinear resize
-    (align_corners=False) from 256 to each length; rows past a length are 0."""
+def _bilinear_rows(sizes: torch.Tensor, length: int, source: int) -> torch.Tensor:
+    """(M,) output lengths -> (M, length, source) weights of F.interpolate's bilinear resize
+    (align_corners=False) from `source` to each length; rows past a length are 0."""
     dev = sizes.device
     j = torch.arange(length, device=dev, dtype=torch.float32)
-    src = (j + 0.5) * (LOW_RES / sizes.float())[:, None] - 0.5  # (M, length), as F.interpolate
-    src = src.clamp(0, LOW_RES - 1)
-    taps = torch.arange(LOW_RES, device=dev, dtype=torch.float32)
+    src = (j + 0.5) * (source / sizes.float())[:, None] - 0.5  # (M, length), as F.interpolate
+    src = src.clamp(0, source - 1)
+    taps = torch.arange(source, device=dev, dtype=torch.float32)
     weights = (1 - (src[..., None] - taps).abs()).clamp(min=0)  # 2 taps: 1 - frac and frac
     return weights * (j < sizes[:, None])[..., None]
 
 
 def upscale_rows(low_res: torch.Tensor, hw: torch.Tensor, canvas: tuple[int, int]) -> torch.Tensor:
-    """(M, 1, 256, 256) logits -> (M, H, W) float on a `canvas` (H, W): row r bilinearly
-    upscaled to its own hw[r] (as model.upscale_logits, up to float rounding) at the top left,
-    0 outside it. One batched pair of matmuls for rows of any sizes, in fp32 under autocast."""
+    """(M, 1, h, w) logits (h = w = 256 at SAM 2's 1024 px input) -> (M, H, W) float on a
+    `canvas` (H, W): row r bilinearly upscaled to its own hw[r] (as model.upscale_logits, up to
+    float rounding) at the top left, 0 outside it. One batched pair of matmuls for rows of any
+    sizes, in fp32 under autocast."""
     with torch.autocast(low_res.device.type, enabled=False):
-        rows = _bilinear_rows(hw[:, 0], canvas[0])  # (M, H, 256)
-        cols = _bilinear_rows(hw[:, 1], canvas[1])  # (M, W, 256)
+        rows = _bilinear_rows(hw[:, 0], canvas[0], low_res.shape[-2])  # (M, H, h)
+        cols = _bilinear_rows(hw[:, 1], canvas[1], low_res.shape[-1])  # (M, W, w)
         return rows @ low_res[:, 0].float() @ cols.transpose(1, 2)
 
 

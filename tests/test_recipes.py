@@ -155,6 +155,9 @@ def test_upscale_rows_is_bilinear_upscaling_on_a_canvas():
         want = upscale_logits(low[r : r + 1], (h, w))[0, 0]
         torch.testing.assert_close(up[r, :h, :w], want, rtol=0, atol=1e-4)  # float rounding
         assert (up[r, h:] == 0).all() and (up[r, :, w:] == 0).all()
+    small = torch.randn(1, 1, 16, 16, generator=g)  # a model built at image_size 64
+    want = upscale_logits(small, (40, 60))[0, 0]
+    torch.testing.assert_close(upscale_rows(small, hw[:1], (40, 60))[0], want, rtol=0, atol=1e-4)
 
 
 def test_uniform_points_are_data_sample_points_without_the_sync():
