@@ -228,12 +228,15 @@ def resize_longest(image: np.ndarray, max_side: int = 1024, nearest: bool = Fals
     return cv2.resize(image, (nw, nh), interpolation=interp)
 
 
-def sample_points(masks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_points(
+    masks: torch.Tensor, generator: torch.Generator | None = None, check: bool = True
+) -> torch.Tensor:
     """(N, H, W) bool masks -> (N, 2) float32 (x, y): one uniformly random pixel in each mask.
 
     Inverse-CDF over the flattened mask: draw u ~ U[0, 1) per mask, take the k-th set pixel with
     k = floor(u * area). Needs only N random numbers, drawn on the generator's device and moved,
-    so a CPU generator gives the same points for CPU and CUDA masks.
+    so a CPU generator gives the same points for CPU and CUDA masks. check=False skips the
+    empty-mask check, a host sync (an empty mask then gives (0, 0)).
     """
     n = masks.shape[0]
     if n == 0:
@@ -242,7 +245,7 @@ def sample_points(masks: torch.Tensor, generator: torch.Generator | None = None)
     flat = masks.reshape(n, -1).bool()
     csum = flat.cumsum(1, dtype=torch.int32)  # (N, H*W), non-decreasing: searchsorted-able
     area = csum[:, -1]
-    if bool((area == 0).any()):
+    if check and bool((area == 0).any()):
         raise ValueError("sample_points: got an empty mask, it has no pixel to click on")
     gen_device = generator.device if generator is not None else masks.device
     u = torch.rand(n, generator=generator, device=gen_device).to(masks.device)

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from sam2.utils.misc import mask_to_box
 from torch.utils.checkpoint import checkpoint
 
+from data import sample_points
 from model import Features, decode, frame_prompt, predict_logits, track_clip, upscale_logits
 
 LOW_RES = 256  # side of the decoder's mask logits (and of the mask prompt it takes)
@@ -144,19 +145,10 @@ def pad_masks(gts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def uniform_points(regions: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """(N, H, W) bool -> (N, 2) float (x, y): one pixel drawn uniformly from each region.
-
-    Inverse CDF over the flattened region (the k-th set pixel, k = floor(u x area)): N random
-    numbers, the same ones and the same pixels as data.sample_points, but without its
-    empty-region check (a host sync); an empty region gives (0, 0), so callers pass non-empty
-    ones.
-    """
-    n, w = regions.shape[0], regions.shape[-1]
-    csum = regions.reshape(n, -1).cumsum(1, dtype=torch.int32)  # (N, H*W), sorted per row
-    area = csum[:, -1]
-    k = (_rand(n, gen, regions.device) * area).long().minimum(area.long() - 1)
-    idx = torch.searchsorted(csum, (k + 1).to(torch.int32)[:, None]).squeeze(1)
-    return torch.stack([idx % w, idx // w], dim=1).float()
+    """(N, H, W) bool -> (N, 2) float (x, y): one pixel drawn uniformly from each region, as
+    data.sample_points draws it but without its empty-region check (a host sync): an empty
+    region gives (0, 0), so callers pass non-empty ones."""
+    return sample_points(regions, gen, check=False)
 
 
 def jittered_boxes(
