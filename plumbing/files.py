@@ -7,6 +7,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -49,30 +50,29 @@ def read_lines(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def write_part(path: str | Path, write: Callable[[Path], object], sync: bool = True) -> Path:
-    """`write(part)` into a new PATH.*.part file beside `path` (a unique name: parallel writers
-    do not collide), on disk when this returns (sync), removed again if writing fails.
-    os.replace(part, path) then puts it in place. The part file gets the umask's permissions,
-    not mkstemp's 0600, which would hide a model from the group."""
+def write_part(path: str | Path, write: Callable[[BinaryIO], object], sync: bool = True) -> Path:
+    """`write(f)` into a new PATH.*.part file beside `path`, opened for binary writing (a unique
+    name: parallel writers do not collide), on disk when this returns (sync), removed again if
+    writing fails. os.replace(part, path) then puts it in place. The part file gets the umask's
+    permissions, not mkstemp's 0600, which would hide a model from the group."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    part = Path(tmp)
     try:
         umask = os.umask(0o022)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
-        os.close(fd)
-        write(part)
-        if sync:
-            with open(part, "rb+") as f:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            if sync:
                 os.fsync(f.fileno())
     except BaseException:
-        part.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
-    return part
+    return Path(tmp)
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], object], sync: bool = True) -> Path:
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object], sync: bool = True) -> Path:
     """`path` written whole or not at all (write_part, then a rename): an error, a kill or a
     stop leaves the previous file as it was."""
     os.replace(write_part(path, write, sync), path)
