@@ -160,11 +160,34 @@ def labpics_merge(ann_bgr: np.ndarray) -> np.ndarray:
     return np.where(mat > 0, mat, np.where(ves > 0, ves + mat.max(), 0)).astype(np.int32)
 
 
+def _colour_keys(bgr: np.ndarray) -> np.ndarray:
+    """(H, W, 3) colours -> (H, W) int64 keys ordered as (B, G, R) values, black 0."""
+    c = bgr.astype(np.int64)  # 16 bits a channel fit side by side
+    return (c[..., 0] << 32) | (c[..., 1] << 16) | c[..., 2]
+
+
 def _colour_ids(bgr: np.ndarray) -> np.ndarray:
     """(H, W, 3) colours -> (H, W) int32 ids: black 0, the others 1..K by (B, G, R) value."""
-    c = bgr.astype(np.int64)  # 16 bits a channel fit side by side
-    keys, ids = np.unique((c[..., 0] << 32) | (c[..., 1] << 16) | c[..., 2], return_inverse=True)
+    keys, ids = np.unique(_colour_keys(bgr), return_inverse=True)
     return (ids.reshape(bgr.shape[:2]) + int(keys[0] != 0)).astype(np.int32)
+
+
+def _decode_label(path: Path) -> np.ndarray:
+    """Label PNG -> (H, W) values (1-channel; palette: indices) or (H, W, C >= 3) BGR(A)."""
+    data = _read_bytes(path)
+    if data[:8].tobytes() == PNG_SIGNATURE and data.size > 25 and data[25] == 3:
+        # palette PNG (PASCAL VOC style): cv2 would expand it to colours, we want the indices
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: not a readable label image ({e})") from e
+    lab = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # keeps depth and channels, ignores EXIF
+    if lab is None:
+        raise DataError(f"{path}: not a readable label image (corrupt or unsupported format)")
+    if lab.dtype.kind not in "ui":
+        raise DataError(f"{path}: label image must hold integers, got {lab.dtype}")
+    return lab if lab.ndim == 2 or lab.shape[2] >= 3 else lab[..., 0]
 
 
 def read_label_map(path: str | Path, labpics: bool = False, ignore_index: int = -1) -> np.ndarray:
@@ -175,24 +198,9 @@ def read_label_map(path: str | Path, labpics: bool = False, ignore_index: int = 
     ignore_index (> 0): that value of an 8-bit or palette PNG becomes 0 (VOC's void border, 255);
     a 16-bit PNG's values are all ids.
     """
-    path = Path(path)
-    data = _read_bytes(path)
-    if data[:8].tobytes() == PNG_SIGNATURE and data.size > 25 and data[25] == 3:
-        # palette PNG (PASCAL VOC style): cv2 would expand it to colours, we want the indices
-        try:
-            with Image.open(path) as im:
-                lab = np.asarray(im)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path}: not a readable label image ({e})") from e
-    else:
-        lab = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # keeps depth and channels, ignores EXIF
-        if lab is None:
-            raise DataError(f"{path}: not a readable label image (corrupt or unsupported format)")
-        if lab.dtype.kind not in "ui":
-            raise DataError(f"{path}: label image must hold integers, got {lab.dtype}")
-        if lab.ndim == 3 and lab.shape[2] >= 3:
-            return labpics_merge(lab) if labpics else _colour_ids(lab[..., :3])
-        lab = lab if lab.ndim == 2 else lab[..., 0]
+    lab = _decode_label(Path(path))
+    if lab.ndim == 3:
+        return labpics_merge(lab) if labpics else _colour_ids(lab[..., :3])
     out = lab.astype(np.int32)
     if ignore_index > 0 and lab.dtype == np.uint8:
         out[lab == ignore_index] = 0
@@ -1334,11 +1342,15 @@ VIDEO_DIRS = ("JPEGImages", "Annotations")
 
 @dataclass
 class Video:
-    """One video: its frames in order and the label PNG of each (None: not annotated)."""
+    """One video: its frames in order and the label PNG of each (None: not annotated).
+    orphans: label PNGs whose frame image is missing (not used); colours: the video's colour
+    table, built when a colour (RGB) label PNG of it is first read (see video_labels)."""
 
     name: str
     frames: list[Path]
     labels: list[Path | None]
+    orphans: list[Path] = field(default_factory=list)
+    colours: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def _has_videos(root: Path) -> bool:
@@ -1373,7 +1385,9 @@ def _videos_in(frames_dir: Path, ann_dir: Path) -> list[Video]:
     for d in sorted(p for p in frames_dir.iterdir() if p.is_dir()):
         frames = sorted(_images_in(d), key=order)
         anns = {p.stem: p for p in _images_in(ann_dir / d.name) if p.suffix.lower() == ".png"}
-        out.append(Video(d.name, frames, [anns.get(f.stem) for f in frames]))
+        stems = {f.stem for f in frames}
+        orphans = [p for s, p in sorted(anns.items()) if s not in stems]
+        out.append(Video(d.name, frames, [anns.get(f.stem) for f in frames], orphans))
     return out
 
 
@@ -1382,25 +1396,37 @@ def _videos_only(root: Path) -> Parts:
 
 
 def find_videos(root: str | Path, split: str = "train") -> tuple[list[Video], str]:
-    """The videos of one split ('train', 'test'/'val' or 'all') and how the split was made."""
+    """The videos of one split ('train', 'test'/'val' or 'all') and how the split was made; a
+    split list's names with no video folder are named in a warning."""
     root, split = Path(root), _norm_split(split)
-    parts = [(_videos_in(f, a), s) for f, a, s in _video_parts(root)]
+    parts = [(_videos_in(f, a), s, f) for f, a, s in _video_parts(root)]
     if not parts:
         raise DataError(f"{root}: no video layout (JPEGImages/ + Annotations/) found")
     lists = sorted((root / "ImageSets").glob("*/train.txt"))
     if lists and parts[0][1] is None:
-        names = {
-            s: lists[-1].with_name(f) for s, f in (("train", "train.txt"), ("test", "val.txt"))
-        }
-        keep = {s: set(p.read_text().split()) if p.is_file() else set() for s, p in names.items()}
+        videos, keep = parts[0][0], {}
+        found = {v.name for v in videos}
+        for s, f in (("train", "train.txt"), ("test", "val.txt")):
+            path = lists[-1].with_name(f)
+            names = (
+                [n for line in _read_lines(path) for n in line.split()] if path.is_file() else []
+            )
+            keep[s] = set(names)
+            missing = [n for n in names if n not in found]
+            if missing and split in (s, "all"):
+                warnings.warn(
+                    f"{path}: {len(missing)} listed video(s) not in {parts[0][2]}, not used: "
+                    f"{_some(missing)}",
+                    stacklevel=2,
+                )
         how = f"split lists {lists[-1].parent.relative_to(root)}/"
-        return [v for v in parts[0][0] if split == "all" or v.name in keep[split]], how
+        return [v for v in videos if split == "all" or v.name in keep[split]], how
     scorable = any(
-        s == "test" and sum(a is not None for a in v.labels) > 1 for vs, s in parts for v in vs
+        s == "test" and sum(a is not None for a in v.labels) > 1 for vs, s, _ in parts for v in vs
     )
     if scorable:
-        return [v for vs, s in parts for v in vs if split in (s, "all")], "train/ and valid/"
-    videos = [v for vs, s in parts if s != "test" for v in vs]
+        return [v for vs, s, _ in parts for v in vs if split in (s, "all")], "train/ and valid/"
+    videos = [v for vs, s, _ in parts if s != "test" for v in vs]
     order = sorted(videos, key=lambda v: hashlib.md5(v.name.encode()).hexdigest())
     test = {v.name for v in order[: max(1, round(0.2 * len(videos))) if len(videos) > 1 else 0]}
     chosen = [v for v in videos if split == "all" or (v.name in test) == (split == "test")]
@@ -1410,26 +1436,32 @@ def find_videos(root: str | Path, split: str = "train") -> tuple[list[Video], st
 
 def check_video(video: Video) -> tuple[Video, list[str]]:
     """The video without its bad frames (check_record on the frame and its annotation), and why
-    each was dropped."""
+    each was dropped, annotations whose frame image is missing included."""
     good, bad = [], []
     for f, a in zip(video.frames, video.labels):
         why = check_record(Record(f, a, "folder") if a else Record(f, None, "coco"))
         (bad if why else good).append(why or (f, a))
+    bad += [f"{a}: video {video.name}, frame {a.stem}: its image is missing" for a in video.orphans]
     return Video(video.name, [f for f, _ in good], [a for _, a in good]), bad
 
 
 def load_videos(root: str | Path, split: str = "train") -> list[Video]:
-    """find_videos with bad frames dropped and videos without an annotated frame skipped, each
-    with a warning naming it; DataError if no video is left."""
+    """find_videos with bad frames dropped, and videos without an annotated frame showing an
+    object skipped, each with a warning naming it; DataError if no video is left. Training and
+    evaluation start a video at its first frame with an object (first_object_frame)."""
     out = []
     for v in find_videos(root, split)[0]:
         v, bad = check_video(v)
         for why in bad:
             warnings.warn(f"skipping frame: {why}", stacklevel=2)
-        if any(v.labels):
-            out.append(v)
-        else:
+        if not any(v.labels):
             warnings.warn(f"skipping video {v.name}: no readable annotated frame", stacklevel=2)
+        elif first_object_frame(v) is None:
+            warnings.warn(
+                f"skipping video {v.name}: no annotated frame shows an object", stacklevel=2
+            )
+        else:
+            out.append(v)
     if not out:
         raise DataError(f"{root}: no usable video in split '{split}'")
     return out
@@ -1440,36 +1472,93 @@ def object_ids(labels: np.ndarray) -> np.ndarray:
     return np.setdiff1d(labels, [0, VOID])
 
 
+def first_object_frame(video: Video) -> int | None:
+    """The first annotated frame that shows an object (Meta's sampler starts clips only on
+    such frames), None if none does; reads the labels up to it."""
+    shows = (t for t, a in enumerate(video.labels) if a and len(object_ids(video_labels(video, t))))
+    return next(shows, None)
+
+
+def _colour_table(video: Video) -> np.ndarray:
+    """The video's colour table: the sorted colour keys (_colour_keys) of all its colour label
+    PNGs, black left out; read once, then kept on the video."""
+    if video.colours is None:
+        keys = [np.zeros(0, np.int64)]
+        for a in video.labels:
+            if a is not None and (lab := _decode_label(a)).ndim == 3:
+                keys.append(np.unique(_colour_keys(lab[..., :3])))
+        table = np.setdiff1d(np.concatenate(keys), [0])
+        if len(table) > np.iinfo(np.uint16).max - 2:  # ids are uint16, VOID skipped
+            raise DataError(f"video {video.name}: {len(table)} colours in its label PNGs")
+        video.colours = table
+    return video.colours
+
+
 def video_labels(video: Video, t: int) -> np.ndarray | None:
-    """Frame t's object ids (H, W) uint16 (0 background, VOID ignored), None if not annotated."""
-    return None if video.labels[t] is None else read_label_map(video.labels[t]).astype(np.uint16)
+    """Frame t's object ids (H, W) uint16 (0 background, VOID ignored), None if not annotated.
+
+    Colour (RGB) label PNGs: black is background, each other colour one object whose id is its
+    rank in the video's colour table (1, 2, ...; VOID skipped), so the same in every frame.
+    """
+    path = video.labels[t]
+    if path is None:
+        return None
+    lab = _decode_label(path)
+    if lab.ndim == 2:
+        return lab.astype(np.uint16)
+    table = _colour_table(video)
+    keys, inverse = np.unique(_colour_keys(lab[..., :3]), return_inverse=True)
+    if not np.isin(keys[keys != 0], table).all():  # the file changed after the table was read
+        raise DataError(f"{path}: colours not in video {video.name}'s other label PNGs")
+    ids = np.where(keys == 0, 0, np.searchsorted(table, keys) + 1)
+    ids += ids >= VOID
+    return ids[inverse].reshape(lab.shape[:2]).astype(np.uint16)
 
 
 def summarize_videos(root: str | Path) -> tuple[str, int]:
     """`python data.py` for a video dataset: the split, and per split the videos, frames (with
-    ground truth), objects per video and every skipped frame; and the number of usable training
-    videos (with a readable annotated frame)."""
-    lines, skipped, usable = [f"data:    {root} (video layout)"], [], 0
+    ground truth), objects per video, every skipped frame and video, and the videos that start
+    after an empty annotated frame; and the number of usable training videos (as load_videos:
+    an annotated frame shows an object)."""
+    lines, skipped, dropped, notes, usable = [f"data:    {root} (video layout)"], [], [], [], 0
     for split in ("train", "test"):
-        videos, how = find_videos(root, split)
-        objects, frames, annotated = [], 0, 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            videos, how = find_videos(root, split)
+        notes += [f"warning: {w.message}" for w in caught]
+        objects, frames, annotated, late = [], 0, 0, []
         for v in videos:
             v, bad = check_video(v)
             skipped += [f"  {why}" for why in bad]
-            ids = set()
+            ids, shows = set(), []
             for t in range(len(v.frames)):
                 if (lab := video_labels(v, t)) is not None:
-                    ids |= set(object_ids(lab).tolist())
+                    shows.append(len(found := object_ids(lab)) > 0)
+                    ids |= set(found.tolist())
             objects.append(len(ids))
-            usable += split == "train" and any(v.labels)
-            frames, annotated = frames + len(v.frames), annotated + sum(map(bool, v.labels))
+            if not shows:
+                dropped.append(f"  {v.name}: no readable annotated frame")
+            elif not any(shows):
+                dropped.append(f"  {v.name}: no annotated frame shows an object")
+            else:
+                usable += split == "train"
+                late += [] if shows[0] else [v.name]
+            frames, annotated = frames + len(v.frames), annotated + len(shows)
         o = np.array(objects or [0])
         lines.append(
             f"{split + ':':8} {len(videos)} videos, {frames} frames ({annotated} annotated), "
             f"objects per video min {o.min()} / mean {o.mean():.1f} / max {o.max()}"
         )
+        if late:
+            lines.append(
+                f"{'':8} {len(late)} start at their first frame with an object (the first "
+                f"annotated one shows none): {_some(late)}"
+            )
     lines.insert(1, f"split:   {how}")
-    return "\n".join([*lines, f"skipped: {len(skipped)} frames", *skipped]), usable
+    lines += notes + [f"skipped: {len(skipped)} frames", *skipped]
+    if dropped:
+        lines += [f"skipped: {len(dropped)} videos", *dropped]
+    return "\n".join(lines), usable
 
 
 def make_video_demo(

@@ -1162,13 +1162,14 @@ class ClipCache:
     first time a clip or an evaluation needs them and kept while there is room: on the GPU in
     half of what a step's activations leave free, then in (pinned) CPU memory up to half the
     free RAM (--cache gpu / cpu / off narrow that); frames beyond are encoded again when used.
-    `ids` lists the usable videos: those whose first annotated frame shows an object."""
+    `ids` lists the usable videos: those with an annotated frame that shows an object; `first`
+    maps each to the first such frame (where clips start when the frame drawn shows none)."""
 
     def __init__(self, videos, indices: list[int], cfg: Config, sam, device, progress=False):
         self.videos, self.cfg, self.sam, self.device = videos, cfg, sam, device
         self.dtype = amp_dtype(device) or torch.float32
         self.feats: dict[tuple[int, int], Features] = {}
-        self.first: dict[int, int] = {}  # video -> its first annotated frame
+        self.first: dict[int, int] = {}  # video -> its first annotated frame with an object
         self.keep(indices)
         gpu = device.type == "cuda" and cfg.cache in ("auto", "gpu")
         cpu = cfg.cache in ("auto", "cpu") or cfg.cache == "gpu" and not gpu
@@ -1189,12 +1190,10 @@ class ClipCache:
     def keep(self, ids: list[int]) -> None:
         """Use exactly the videos `ids` (those usable)."""
         for i in ids:
-            t = next((t for t, a in enumerate(self.videos[i].labels) if a), None)
-            lab = data.video_labels(self.videos[i], t)
-            if len(data.object_ids(lab)):
+            if (t := data.first_object_frame(self.videos[i])) is not None:
                 self.first[i] = t
-            else:
-                warnings.warn(f"skipping video {self.videos[i].name}: frame {t} shows no object")
+            else:  # load_videos has left such videos out already
+                warnings.warn(f"skipping video {self.videos[i].name}: no frame shows an object")
         self.ids = [i for i in ids if i in self.first]
 
     def frames(self, i: int, ts: list[int]) -> Features:
