@@ -8,8 +8,10 @@ Boxes are read as their writers write them:
         numeric file stem, else the stem), detectron2's coco_instances_results.json (the
         dataset's integer image ids: give its COCO JSON to map them to files)
     {"images": [...], "annotations": [...]}      a COCO file (its images name its ids)
-    labels/a.txt, one line per box: cls cx cy w h [conf [track id]], normalized to 0..1
-        (yolo predict --save-txt [--save-conf]); a folder of them, matched by stem
+    labels/a.txt, one line per box: cls cx cy w h [conf] [track id], normalized to 0..1
+        (yolo predict|track --save-txt [--save-conf]); a folder of them, matched by stem.
+        Ultralytics writes the conf only with save_conf and the id only when tracking, so
+        a 6-column file is read as confs when they all lie in [0, 1] and refused otherwise
 Results are COCO results (pycocotools' loadRes reads them): one record per mask with
 image_id, category_id, score, an RLE segmentation and its bbox.
 """
@@ -35,23 +37,30 @@ class Boxes:
     """One image's detections. xyxy (N, 4) float64 x0, y0, x1, y1, in pixels or, when
     `normalized`, as fractions of the image's width and height (YOLO txt); score and category
     (N,) float64, NaN where the file gives none; index (N,) int, each box's place in its file
-    (entry of a JSON list, line of a txt file), 0-based."""
+    (entry of a JSON list, line of a txt file), 0-based; bad_score (N,) bool, True where the
+    file gives a score that is not a finite number (its score is NaN too)."""
 
     xyxy: np.ndarray
     score: np.ndarray = None
     category: np.ndarray = None
     index: np.ndarray = None
+    bad_score: np.ndarray = None
     normalized: bool = field(default=False, kw_only=True)
 
     def __post_init__(self):
         self.xyxy = np.asarray(self.xyxy, dtype=np.float64).reshape(-1, 4)
         n = len(self.xyxy)
-        for name, fill in (("score", np.nan), ("category", np.nan), ("index", None)):
+        defaults = {
+            "score": (np.full(n, np.nan), np.float64),
+            "category": (np.full(n, np.nan), np.float64),
+            "index": (np.arange(n), np.int64),
+            "bad_score": (np.zeros(n, bool), bool),
+        }
+        for name, (default, dtype) in defaults.items():
             value = getattr(self, name)
-            if value is None:
-                value = np.arange(n) if fill is None else np.full(n, fill)
-            dtype = np.int64 if fill is None else np.float64
+            value = default if value is None else value
             setattr(self, name, np.asarray(value, dtype=dtype).reshape(-1))
+        self.score = np.where(self.bad_score, np.nan, self.score)  # never passes a --conf
 
     def __len__(self) -> int:
         return len(self.xyxy)
@@ -63,6 +72,7 @@ class Boxes:
             self.score[keep],
             self.category[keep],
             self.index[keep],
+            self.bad_score[keep],
             normalized=self.normalized,
         )
 
@@ -71,7 +81,9 @@ class Boxes:
         if not self.normalized:
             return self
         h, w = hw
-        return Boxes(self.xyxy * [w, h, w, h], self.score, self.category, self.index)
+        return Boxes(
+            self.xyxy * [w, h, w, h], self.score, self.category, self.index, self.bad_score
+        )
 
     @staticmethod
     def cat(parts: list[Boxes]) -> Boxes:
@@ -80,6 +92,7 @@ class Boxes:
             np.concatenate([p.score for p in parts]),
             np.concatenate([p.category for p in parts]),
             np.concatenate([p.index for p in parts]),
+            np.concatenate([p.bad_score for p in parts]),
             normalized=parts[0].normalized,
         )
 
@@ -113,19 +126,24 @@ def read_detections(dets: list[dict], where: str) -> dict[str | int, Boxes]:
             raise DataError(f"{at} lacks 'bbox' or a 'file_name'/'image_id' (a name or number)")
         x, y, w, h = _box_array([det["bbox"]], at)[0]
         key = Path(key).name if isinstance(key, str) else key
-        row = (x, y, x + w, y + h, _number(det, "score", at), _number(det, "category_id", at))
-        rows.setdefault(key, []).append((*row, i))
-    return {k: Boxes(*np.split(np.array(v), [4, 5, 6], axis=1)) for k, v in rows.items()}
+        score = _number(det, "score", at)
+        bad = "score" in det and det["score"] is not None and not np.isfinite(score)
+        row = (x, y, x + w, y + h, score, _number(det, "category_id", at), i, bad)
+        rows.setdefault(key, []).append(row)
+    return {k: Boxes(*np.split(np.array(v), [4, 5, 6, 7], axis=1)) for k, v in rows.items()}
 
 
 def read_yolo_txt(path: Path) -> Boxes:
-    """One image's `yolo predict --save-txt` file: lines cls cx cy w h [conf [track id]] in
-    fractions of the image's size -> normalized Boxes."""
-    rows = []
+    """One image's label file as Ultralytics' Results.save_txt writes it (yolo predict or
+    track with save_txt): lines cls cx cy w h [conf] [track id], the box in fractions of the
+    image's size -> normalized Boxes. The conf comes with save_conf, the id when tracking, one
+    layout per file: 7 columns are conf then id; 6 are confs when all lie in [0, 1], else a
+    DataError (a track id and a conf cannot be told apart there). "nan" confs are bad scores."""
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"--boxes {path}: cannot read it ({e})") from None
+    rows = []
     for n, line in enumerate(lines):
         fields = line.split()
         if not fields:
@@ -136,14 +154,39 @@ def read_yolo_txt(path: Path) -> Boxes:
             values = []
         if not 5 <= len(values) <= 7:
             raise DataError(
-                f"--boxes {path}, line {n + 1}: expected 'cls cx cy w h [conf [id]]' (a "
+                f"--boxes {path}, line {n + 1}: expected 'cls cx cy w h [conf] [id]' (a "
                 f"detection line of yolo predict --save-txt), got {line.strip()!r:.60}"
             )
-        cls, cx, cy, w, h = values[:5]
-        conf = values[5] if len(values) > 5 else np.nan
-        rows.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, conf, cls, n))
-    table = np.array(rows, dtype=np.float64).reshape(-1, 7)
-    return Boxes(*np.split(table, [4, 5, 6], axis=1), normalized=True)
+        rows.append((n, values))
+    widths = sorted({len(v) for _, v in rows})
+    if len(widths) > 1:
+        raise DataError(
+            f"--boxes {path}: lines of {' and '.join(map(str, widths))} columns in one file; "
+            "Ultralytics writes one layout per run: cls cx cy w h, then the conf (save_conf), "
+            "then the track id (yolo track)"
+        )
+    conf = np.array([v[5] if len(v) > 5 else np.nan for _, v in rows])
+    outside = np.isfinite(conf) & ((conf < 0) | (conf > 1))
+    if outside.any():
+        line, value = rows[int(np.argmax(outside))][0] + 1, conf[outside][0]
+        if widths == [6]:
+            raise DataError(
+                f"--boxes {path}: column 6 holds {value:g} (line {line}), not a conf in [0, 1]; "
+                "Ultralytics writes either the conf (save_conf) or the track id (yolo track) "
+                "there, and this file cannot say which. Rerun with save_conf=True (then lines "
+                "are cls cx cy w h conf id) or cut the column off (no scores)"
+            )
+        raise DataError(
+            f"--boxes {path}, line {line}: conf {value:g} is not in [0, 1] (7 columns are "
+            "cls cx cy w h conf id, as yolo track writes them with save_conf)"
+        )
+    table = []
+    for (n, v), c in zip(rows, conf):
+        cls, cx, cy, w, h = v[:5]
+        bad = len(v) > 5 and not np.isfinite(c)
+        table.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, c, cls, n, bad))
+    table = np.array(table, dtype=np.float64).reshape(-1, 8)
+    return Boxes(*np.split(table, [4, 5, 6, 7], axis=1), normalized=True)
 
 
 def read_boxes(path: str | Path) -> dict[str | int | None, Boxes]:
@@ -223,8 +266,17 @@ def match_boxes(
         else:
             found.setdefault(p, []).append(boxes)
     if not found:
-        numeric = all(isinstance(k, int) for k, _ in unknown)
-        hint = " (its image ids are numbers: give the dataset's COCO JSON as --gt)" * numeric
+        hint = ""
+        if all(isinstance(k, int) for k, _ in unknown):  # ids: --gt says which image each is
+            if gt_ids is None:
+                hint = " (its image ids are numbers: give the dataset's COCO JSON as --gt)"
+            elif numbers:
+                hint = (
+                    f" (--gt gives these images ids {_some(sorted(numbers))}: its detections "
+                    "are of other images, or number them after another JSON than --gt)"
+                )
+            else:
+                hint = " (its image ids are numbers, and --gt has none of these images' names)"
         raise DataError(
             f"--boxes {source} has boxes for none of the images ({_some(p.name for p in images)})"
             f"; it names {_some(k for k, _ in unknown)}{hint}"
@@ -240,6 +292,12 @@ def match_boxes(
         notes.append(f"{len(missing)} images without boxes ({_some(missing)})")
     empty = Boxes(np.zeros((0, 4)))
     return [Boxes.cat(found[p]) if p in found else empty for p in images], notes
+
+
+def drop_bad_scores(boxes: Boxes) -> tuple[Boxes, list[int]]:
+    """Boxes whose file gives no score or a finite one -> (those, the others' places in the
+    file): a NaN score would otherwise pass any --conf and be written as SAM's."""
+    return boxes.take(~boxes.bad_score), boxes.index[boxes.bad_score].tolist()
 
 
 def select_boxes(
@@ -376,6 +434,13 @@ def coco_entries(name: str, records: list[dict], boxes: Boxes | None, gt_ids=Non
             extra |= {"sam_score": round(r["score"], 5), "detection": int(boxes.index[b])}
         entries.append(coco_record(image_id, name, r["segmentation"], score, category, **extra))
     return entries
+
+
+def split_by_gt(results: list[dict], gt_ids: dict[str, int]) -> tuple[list, list]:
+    """COCO results -> (those of images the ground truth has, the others). COCO.loadRes
+    refuses a file with any image id its ground truth lacks, so the two go to two files."""
+    known = [coco_image_id(r["file_name"], gt_ids) is not None for r in results]
+    return [r for r, k in zip(results, known) if k], [r for r, k in zip(results, known) if not k]
 
 
 def evaluate_coco(coco, gt_ids: dict, results: list, names: list[str], by_class: bool, out):

@@ -17,7 +17,8 @@ asks SAM 2's own automatic mask generator instead, with no prompt at all.
 
 Writes <stem>_labels.png (uint16 ids at the image's size, 0 = background), <stem>_color.png and
 <stem>_overlay.png into --out, and coco_results.json with every mask (COCO results, with its id
-in the label PNG). Box files and COCO results: formats.py. In a notebook:
+in the label PNG; with a --gt JSON, masks of images it lacks go to coco_results_not_in_gt.json).
+Box files and COCO results: formats.py. In a notebook:
 
     from infer import load_model, segment
     sam = load_model("small", "runs/model.pt", "cuda")
@@ -49,12 +50,14 @@ from formats import (
     clip_boxes,
     coco_entries,
     describe_dropped,
+    drop_bad_scores,
     encode_mask,
     evaluate_coco,
     load_coco,
     match_boxes,
     read_boxes,
     select_boxes,
+    split_by_gt,
     write_json,
 )
 from model import (
@@ -83,6 +86,7 @@ __all__ = [
 
 MAX_SIDE = 1024  # the size SAM 2 sees and train.py trains at
 MAX_ID = np.iinfo(np.uint16).max
+NOT_IN_GT = "coco_results_not_in_gt.json"  # masks of images a --gt JSON lacks
 UPSCALE_PIXELS = 1 << 25  # mask pixels upscaled at once (128 MB of logits): bounds big images
 MAX_PROMPTS = 4096  # prompts decoded per pass: their low-res logits take 256 KB each
 MAX_BATCH = 256  # prompts per decoder call: each holds its own copy of the features (~16 MB)
@@ -568,11 +572,17 @@ def find_jobs(args, parser, gt_ids: dict | None = None) -> list[Job]:
         except DataError as e:
             parser.error(str(e))
         low = other = 0
+        bad = []
         for job, boxes in zip(jobs, found):
+            boxes, n_bad = drop_bad_scores(boxes)
             job.boxes, n_low, n_other = select_boxes(boxes, args.conf, args.classes)
             low, other = low + n_low, other + n_other
+            bad += [f"{job.image.name} box {i}" for i in n_bad]
         kept = sum(len(j.boxes) for j in jobs)
-        counts = [f"{kept + low + other} boxes for these images, {kept} kept"]
+        counts = [f"{kept + len(bad) + low + other} boxes for these images, {kept} kept"]
+        if bad:  # a NaN score would pass any --conf and be written as SAM's
+            named = ", ".join(bad[:2]) + ", ..." * (len(bad) > 2)
+            counts.append(f"{len(bad)} with a score that is not a number ({named})")
         counts += [f"{low} scored under --conf {args.conf}"] * (low > 0)
         counts += [f"{other} of other classes than --classes"] * (other > 0)
         print(f"note: --boxes {args.boxes}: " + "; ".join(counts + notes), file=sys.stderr)
@@ -880,17 +890,26 @@ def main(argv: list[str] | None = None) -> int:
     if len(failed) == len(jobs):
         print(f"error: no image could be segmented ({len(failed)} failed)", file=sys.stderr)
         return 1
+    others = []
+    if coco is not None:  # COCO.loadRes refuses an image id --gt lacks: those go apart
+        results, others = split_by_gt(results, gt_ids)
     files = [write_json(out / "coco_results.json", results)]
+    files += [write_json(out / NOT_IN_GT, others)] if others else []
     if coco is not None:
         by_class = args.boxes is not None and all(
             np.isfinite(j.boxes.category).all() for j in jobs if j.boxes is not None
         )
         files += [evaluate_coco(coco, gt_ids, results, done, by_class, out)]
     n_files = 3 * len(written) + sum(f is not None for f in files)
-    print(
-        f"wrote {n_files} files for {len(written)} image(s) to {out}"
-        + (f"; {len(failed)} failed" if failed else "")
-    )
+    summary = [f"wrote {n_files} files for {len(written)} image(s) to {out}"]
+    summary += [f"{len(failed)} failed"] * bool(failed)
+    if others:
+        n_images = len({r["file_name"] for r in others})
+        summary.append(
+            f"{len(others)} masks of {n_images} image(s) not in --gt in {NOT_IN_GT}, "
+            "not coco_results.json"
+        )
+    print("; ".join(summary))
     return 0
 
 
