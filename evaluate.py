@@ -329,11 +329,15 @@ def main(argv: list[str] | None = None) -> dict:
 # that shows it (by its mask, the standard, or by one click at its centre), tracked to the end in
 # eval mode, and scored on the later annotated frames except the video's last (DAVIS leaves out
 # both). J is the IoU; F the F-measure of the boundary pixels of prediction and ground truth,
-# each matched if the other's boundary is within ceil(0.008 x the frame's diagonal) px; void
-# pixels (255) count for neither. Both are averaged over an object's frames, then over objects;
-# J&F is their mean.
+# each matched if the other's boundary is within ceil(0.008 x the frame's diagonal) px. Void
+# pixels (255) are background, as davis2017-evaluation's semi-supervised scoring reads them (a
+# prediction spilling onto the void ring around an object counts against it); void="ignore"
+# makes them count for neither (jaccard's and boundary_f's `void`, as its metrics allow but its
+# semi-supervised task never uses). Both are averaged over an object's frames, then over
+# objects; J&F is their mean.
 
 BOUND_TH = 0.008
+VOID_RULES = ("background", "ignore")  # the first: davis2017-evaluation's
 
 
 def jaccard(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
@@ -370,12 +374,17 @@ def boundary_f(
 
 
 @torch.no_grad()
-def score_video(sam, frame, labels: list, prompt: str = "mask") -> list[tuple[float, float]]:
+def score_video(
+    sam, frame, labels: list, prompt: str = "mask", void: str = "background"
+) -> list[tuple[float, float]]:
     """(J, F) of each object of one video, tracked by `sam` in eval mode (see above).
 
     frame(t) -> encode_frames features of frame t; labels: per frame (H, W) int object ids
-    (data.video_labels), None where not annotated; prompt: "mask" or "click".
+    (data.video_labels), None where not annotated; prompt: "mask" or "click"; void: how label
+    255 counts, "background" (davis2017-evaluation's rule) or "ignore" (neither way).
     """
+    if void not in VOID_RULES:
+        raise ValueError(f"void must be one of {VOID_RULES}, got {void!r}")
     first: dict[int, int] = {}
     for t, lab in enumerate(labels):
         for i in [] if lab is None else np.unique(lab).tolist():
@@ -397,20 +406,20 @@ def score_video(sam, frame, labels: list, prompt: str = "mask") -> list[tuple[fl
                 if labels[t] is None or t in (start, len(labels) - 1):
                     continue
                 pred = (upscale_logits(low_res, labels[t].shape)[:, 0] > 0).cpu().numpy()
-                void = labels[t] == data.VOID
+                skip = labels[t] == data.VOID if void == "ignore" else None
                 for k, i in enumerate(ids):
-                    j[k].append(jaccard(pred[k], labels[t] == i, void))
-                    f[k].append(boundary_f(pred[k], labels[t] == i, void))
+                    j[k].append(jaccard(pred[k], labels[t] == i, skip))
+                    f[k].append(boundary_f(pred[k], labels[t] == i, skip))
         scores += [(np.mean(a), np.mean(b)) for a, b in zip(j, f) if a]
     return scores
 
 
 def evaluate_videos(
-    sam, videos: Iterable, prompts=("mask", "click"), progress=True, total=None
+    sam, videos: Iterable, prompts=("mask", "click"), progress=True, total=None, void="background"
 ) -> dict[str, float]:
     """J, F and J&F (means over objects) of each prompt protocol over (frame, labels) pairs (see
-    score_video), as keys j_mask, f_mask, jf_mask, j_click, ...; 'masks' counts the objects.
-    Runs `sam` in eval mode and restores its modes after."""
+    score_video, which takes `void`), as keys j_mask, f_mask, jf_mask, j_click, ...; 'masks'
+    counts the objects. Runs `sam` in eval mode and restores its modes after."""
     from tqdm import tqdm
 
     modes = [m.training for m in sam.modules()]
@@ -418,7 +427,7 @@ def evaluate_videos(
     scores: dict[str, list] = {p: [] for p in prompts}
     for frame, labels in tqdm(videos, total=total, desc="J&F", disable=not progress):
         for p in prompts:
-            scores[p] += score_video(sam, frame, labels, p)
+            scores[p] += score_video(sam, frame, labels, p, void)
     for m, mode in zip(sam.modules(), modes):
         m.train(mode)
     out: dict[str, float] = {"masks": len(scores[prompts[0]]), "max_clicks": 1}

@@ -473,16 +473,17 @@ class Clip:
 
 
 def video_prompts(sam, clip: Clip, gen: torch.Generator, p: float = 0.5) -> tuple[dict, list]:
-    """Meta's MOSE fine-tune prompts for `clip`, every probability `p`: frame 0, and maybe one
-    more frame, get each object's mask, else (per frame) its jittered box or one click inside it;
-    with boxes and clicks those frames, and maybe one more, get correction clicks. Extra frames
-    are drawn among those with ground truth showing every object (Meta draws any). Returns
-    ({frame: model.frame_prompt(...)}, the frames that get correction clicks)."""
+    """Meta's MOSE fine-tune prompts for `clip` (SAM2Train.prepare_prompt_inputs), every
+    probability `p`: frame 0, and maybe one more frame drawn uniformly among the later frames
+    with ground truth, get each object's mask, else (per frame) its jittered box or one click
+    inside it (an object absent there: the inverted box of an empty mask, and a negative click
+    uniform on the background, as Meta's samplers give); with boxes and clicks those frames, and
+    maybe one more drawn uniformly among the other frames with ground truth, get correction
+    clicks. Returns ({frame: model.frame_prompt(...)}, the frames that get correction clicks)."""
     gts, dev = clip.gts, clip.gts[0].device
     u = _rand(5, gen, dev).tolist()
     later = [t for t in range(1, len(gts)) if gts[t] is not None]
-    full = [t for t in later if gts[t].flatten(1).any(1).all()]
-    cond = [0] + ([full[int(u[0] * len(full))]] if len(later) > 1 and full and u[1] < p else [])
+    cond = [0] + ([later[int(u[0] * len(later))]] if len(later) > 1 and u[1] < p else [])
     # masks only when a frame with ground truth is left to track (else nothing would learn)
     prompts, use_mask = {}, u[2] < p and len(later) >= len(cond)
     for t in cond:
@@ -492,9 +493,10 @@ def video_prompts(sam, clip: Clip, gen: torch.Generator, p: float = 0.5) -> tupl
         elif _rand(1, gen, dev).item() < p:
             prompts[t] = frame_prompt(sam, g.shape[-2:], boxes=jittered_boxes(g, gen))
         else:
-            one = torch.ones(len(g), 1, dtype=torch.int32, device=dev)
-            prompts[t] = frame_prompt(sam, g.shape[-2:], uniform_points(g, gen)[:, None], one)
-    rest = [t for t in full if t not in cond]
+            there = g.flatten(1).any(1)
+            xy = uniform_points(torch.where(there[:, None, None], g, ~g), gen)
+            prompts[t] = frame_prompt(sam, g.shape[-2:], xy[:, None], there[:, None].int())
+    rest = [t for t in later if t not in cond]
     extra = [rest[int(u[3] * len(rest))]] if len(cond) == 1 and rest and u[4] < p else []
     return prompts, [] if use_mask else cond + extra
 
