@@ -1379,9 +1379,9 @@ def check_video_memory(cfg: Config, ctx: Context, image_size: int) -> None:
         return
     flags = fitting_flags(cfg, per, free)
     fix = (
-        f"these fit: {flags}"
+        f"These fit: {flags}"
         if flags
-        else "not even --batch-size 1 --frames 2 --objects 1 fits: free memory or use a GPU"
+        else "Not even --batch-size 1 --frames 2 --objects 1 fits: free memory or use a GPU"
     )
     raise ValueError(
         f"{text}: the run would be killed when memory runs out. {fix} (or pass --ignore-memory "

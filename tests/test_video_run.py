@@ -202,9 +202,9 @@ def test_refuses_before_first_step_with_flags_that_fit(clips, small, tmp_path, m
     text = str(e.value)
     assert "needs about 72.0 MiB of RAM (fp32 on the CPU)" in text  # 2 x 3 x 2 x 6 MiB
     assert "19.2 MiB are available" in text
-    assert "these fit: --batch-size 1 --accumulate 2 --objects 1 " in text
+    assert "These fit: --batch-size 1 --accumulate 2 --objects 1 " in text
     assert "--ignore-memory" in text and not (tmp_path / "a").exists()
-    flags = re.search(r"these fit: (.*?) \(", text)[1].split()
+    flags = re.search(r"These fit: (.*?) \(", text)[1].split()
     cfg = train.parse_args([*argv, *flags])
     assert train.video_step_bytes(cfg, per) <= free
     capsys.readouterr()
@@ -219,7 +219,7 @@ def test_refuses_before_first_step_with_flags_that_fit(clips, small, tmp_path, m
     ctx = train.Context(0, 1, torch.device("cpu"), tmp_path)
     with pytest.warns(UserWarning, match="72.0 MiB .* going on \\(--ignore-memory\\)"):
         train.check_video_memory(ignore, ctx, 64)
-    with pytest.raises(ValueError, match="these fit"):
+    with pytest.raises(ValueError, match="These fit"):
         train.check_video_memory(dataclasses.replace(ignore, ignore_memory=False), ctx, 64)
 
 
