@@ -110,12 +110,17 @@ class Config:
     train_encoder: bool = False
     frames: int = 8
     objects: int = 3
+    lr_schedule: str = "constant"
+    clip_grad: float = 0.0  # 0: no clipping
+    accumulate: int = 1
+    ignore_memory: bool = False
 
     def __post_init__(self):  # also guards Config(...) built in a notebook
         at_least = {"steps": 1, "batch_size": 1, "max_masks": 1, "save_every": 1}
         at_least |= {"log_every": 1, "max_side": 1, "encode_batch": 1, "eval_every": 0}
         at_least |= {"workers": 0, "min_area": 0, "weight_decay": 0, "score_weight": 0}
         at_least |= {"clicks": 0, "eval_clicks": 0, "minutes": 0, "frames": 1, "objects": 1}
+        at_least |= {"clip_grad": 0, "accumulate": 1}
         for name, low in at_least.items():
             if not getattr(self, name) >= low:
                 raise ValueError(f"--{flag(name)} must be >= {low}, got {getattr(self, name)}")
@@ -140,6 +145,13 @@ class Config:
             raise ValueError("--data is required (or use --demo)")
         if self.recipe == "video" and self.train_encoder:
             raise ValueError("--recipe video trains on cached features: no --train-encoder")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if self.accumulate > 1 and self.recipe != "video":
+            raise ValueError(
+                "--accumulate is for --recipe video (image recipes take more images a step: "
+                "--batch-size)"
+            )
 
 
 # Upper bounds of the numbers that multiply memory or time: past them a run would not fit any
@@ -152,14 +164,23 @@ AT_MOST = {
     "workers": (64, "each DataLoader process holds its own copy of the dataset reader"),
     "clicks": (MAX_CLICKS, "each click is one more decoder pass per mask (Meta trains with 7)"),
     "eval_clicks": (EVAL_CLICKS, "each click is one more decoder pass per validation mask"),
+    "frames": (64, "frames per clip; each keeps about 0.75 GiB of activations per object"),
+    "objects": (16, "objects per clip; each keeps about 0.75 GiB of activations per frame"),
+    "accumulate": (64, "clips per optimizer step (x --batch-size); time per step grows with it"),
 }
 MAX_MASKS_PER_STEP = 2048
 
 # --demo: small enough to finish in a few minutes on a 2-core CPU
 DEMO = dict(data="demo_data", out="runs/demo", model="tiny", steps=40, batch_size=2, max_masks=4)
 DEMO |= dict(eval_every=20, save_every=20, log_every=5, eval_clicks=5)
+# --recipe video: Meta's sam2.1_hiera_b+_MOSE_finetune.yaml (AdamW lr 5e-6, cosine to 5e-7,
+# weight decay 0.1 but none on biases and LayerNorms, gradient norm clipped at 0.1, 8 clips a
+# step: 1 per GPU on 8 GPUs, here 1 clip x 8 accumulated). Image recipes keep the article's.
+VIDEO = dict(batch_size=1, lr=5e-6, weight_decay=0.1, lr_schedule="cosine", clip_grad=0.1)
+VIDEO |= dict(accumulate=8)
 VIDEO_DEMO = dict(data="demo_videos", out="runs/demo_video", batch_size=1, frames=2, objects=2)
 VIDEO_DEMO |= dict(clicks=1, steps=6, eval_every=0, save_every=3, log_every=1, eval_clicks=1)
+VIDEO_DEMO |= dict(accumulate=1)
 
 
 def flag(name: str) -> str:
@@ -195,7 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, help="total optimizer steps (--resume continues to it)")
     g.add_argument("--batch-size", type=int, help="images (video: clips) per step")
     g.add_argument("--max-masks", type=int, help="masks per image per step at most (random)")
-    g.add_argument("--lr", type=float, help="AdamW learning rate")
+    g.add_argument("--lr", type=float, help="AdamW learning rate (video: Meta's 5e-6)")
+    g.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        help="cosine: from --lr at step 0 to --lr / 10 at --steps (video's default, as Meta's)",
+    )
+    g.add_argument(
+        "--accumulate",
+        type=int,
+        help="video: optimizer step every N x --batch-size clips, gradients accumulated (Meta: "
+        "8 clips a step; under torchrun each process adds its own: N x batch x processes)",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--out", help="folder for checkpoints, model.pt, best.pt, log.csv, curves.png")
     g.add_argument("--model", choices=list(MODELS), help="SAM 2 size")
@@ -210,7 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument("--seed", type=int, help="seed of data order, clicks and init")
     g = p.add_argument_group("advanced")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        help="AdamW weight decay (video: 0.1, none on biases and LayerNorms, as Meta's)",
+    )
+    g.add_argument(
+        "--clip-grad", type=float, help="clip the gradients' L2 norm at this (0: no clipping)"
+    )
+    g.add_argument(
+        "--ignore-memory",
+        action="store_true",
+        help="video: start even when a step's memory estimate exceeds the free memory",
+    )
     g.add_argument("--score-weight", type=float, help="article: weight of |score - IoU|")
     g.add_argument("--max-side", type=int, help="resize images so the longer side is this")
     g.add_argument("--min-area", type=int, help="drop instances under this many pixels (resized)")
@@ -235,7 +279,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p = build_parser()
     first = p.parse_args(argv)
     if first.recipe == "video":
-        p.set_defaults(batch_size=1)  # one clip a step, as Meta's MOSE fine-tune: see ClipCache
+        p.set_defaults(**VIDEO)
     if first.demo:
         p.set_defaults(**(DEMO | VIDEO_DEMO if first.recipe == "video" else DEMO))
     try:
@@ -316,7 +360,8 @@ def claim_out(out: Path, resume: bool):
 # until it is listed here; IGNORED ones only say how this process was started.
 RESUME_MAY_CHANGE = {"steps", "minutes", "lr", "weight_decay", "save_every", "eval_every"}
 RESUME_MAY_CHANGE |= {"log_every", "device", "workers", "cache", "encode_batch"}
-RESUME_IGNORES = {"out", "resume", "demo"}
+RESUME_MAY_CHANGE |= {"lr_schedule", "clip_grad"}  # optimizer settings, read at every step
+RESUME_IGNORES = {"out", "resume", "demo", "ignore_memory"}
 
 
 def as_flag(name: str, value) -> str:
@@ -416,9 +461,11 @@ def build(cfg: Config, ctx: Context, ck: dict | None):
             warnings.filterwarnings("ignore", "SAM 2 .* RANDOM weights")
         sam = load_model(cfg.model, "none" if ck is not None else cfg.checkpoint, ctx.device)
     if cfg.recipe == "video":
-        params = freeze_for_video(sam)
+        freeze_for_video(sam)
+        params = video_param_groups(sam, cfg.weight_decay)
+        decays = [g["weight_decay"] for g in params]
     else:
-        params = freeze_for_finetune(sam, cfg.train_encoder)
+        params, decays = freeze_for_finetune(sam, cfg.train_encoder), [cfg.weight_decay]
     opt = torch.optim.AdamW(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=ctx.device.type == "cuda"
     )
@@ -433,8 +480,8 @@ def build(cfg: Config, ctx: Context, ck: dict | None):
             opt.load_state_dict(ck["optimizer"])
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"optimizer state in {path} does not fit this run: {e}") from None
-        for group in opt.param_groups:  # the command line wins over the saved optimizer state
-            group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
+        for group, decay in zip(opt.param_groups, decays):  # the command line wins over the
+            group.update(lr=cfg.lr, weight_decay=decay)  # saved optimizer state
         scaler.load_state_dict(ck["scaler"])
         gens = ck["gen_states"]
         if len(gens) == ctx.world:  # each rank's own clicks go on where they stopped
@@ -445,6 +492,33 @@ def build(cfg: Config, ctx: Context, ck: dict | None):
         if ctx.rank == 0:
             print(f"resuming {path} at step {state.step} of {cfg.steps}", file=sys.stderr)
     return sam, opt, scaler, gen, state
+
+
+def video_param_groups(sam, weight_decay: float) -> list[dict]:
+    """The trained parameters in Meta's two weight-decay groups (MOSE fine-tune): none on
+    biases (every name containing 'bias') and on torch.nn.LayerNorm's own parameters (that
+    exact class: SAM 2's LayerNorm2d keeps its weight decay there too), `weight_decay` on the
+    rest. Frozen parameters are left out."""
+    norms = {
+        f"{m}.{n}" if m else n
+        for m, mod in sam.named_modules()
+        if type(mod) is torch.nn.LayerNorm
+        for n, _ in mod.named_parameters(recurse=False)
+    }
+    decay, plain = [], []
+    for name, p in sam.named_parameters():
+        if p.requires_grad:
+            (plain if "bias" in name or name in norms else decay).append(p)
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=plain, weight_decay=0.0)]
+
+
+def lr_at(cfg: Config, step: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): --lr, or with --lr-schedule
+    cosine Meta's CosineParamScheduler from --lr at step 0 towards --lr / 10 at --steps."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    end = cfg.lr / 10
+    return end + 0.5 * (cfg.lr - end) * (1 + math.cos(math.pi * step / cfg.steps))
 
 
 # ----------------------------------------------------------------------------- feature cache
@@ -649,19 +723,62 @@ def train_step(trainer, batch: Batch, opt, scaler, cfg: Config, gen, device: tor
         loss, iou = trainer(RECIPES[cfg.recipe], batch, cfg, gen)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    return finish_step(loss, opt, scaler, cfg), iou
+
+
+def video_step(trainer, parts: list[list[int]], cache, opt, scaler, cfg: Config, gen, ctx):
+    """One optimizer step of the video recipe on len(parts) micro-batches (video ids, a clip
+    each), gradients accumulated (--accumulate) and DDP's all-reduce only after the last. As
+    Meta's loss, the step's gradient is that of the mean loss over every object of every clip
+    of every process. Returns (loss, IoU per object) as train_step."""
+    opt.zero_grad(set_to_none=True)
+    total, ious = 0.0, []
+    for k, ids in enumerate(parts):
+        last = k == len(parts) - 1
+        with contextlib.nullcontext() if ctx.world == 1 or last else trainer.no_sync():
+            clips = sample_clips(cache, ids, cfg, gen)
+            with autocast(ctx.device):
+                loss, iou = trainer(RECIPES[cfg.recipe], clips, cfg, gen)
+            summed = loss * len(iou)  # the recipe's mean over these clips' objects -> sum
+            scaler.scale(summed).backward()
+        total, ious = total + summed.detach(), [*ious, iou]
+    iou = torch.cat(ious)
+    n = torch.tensor(float(len(iou)), device=ctx.device)
+    if ctx.world > 1:  # DDP averages over processes: divide by the mean objects per process
+        dist.all_reduce(n)
+        n /= ctx.world
+    for g in opt.param_groups:
+        for p in g["params"]:
+            if p.grad is not None:
+                p.grad.div_(n)
+    return finish_step(total / len(iou), opt, scaler, cfg), iou
+
+
+def finish_step(loss: torch.Tensor, opt, scaler, cfg: Config) -> torch.Tensor | None:
+    """After backward: clip the gradients' L2 norm at cfg.clip_grad (if set; Meta's
+    GradientClipper, after unscaling) and step, unless the loss or the gradients are not
+    finite. Returns the loss (detached), or None when the update was skipped."""
     finite = torch.isfinite(loss.detach())
-    if not scaler.is_enabled():  # under fp16 the GradScaler skips non-finite gradients itself
-        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+    if cfg.clip_grad:
+        if scaler.is_enabled():
+            scaler.unscale_(opt)
+        norm = torch.nn.utils.clip_grad_norm_(
+            [p for g in opt.param_groups for p in g["params"]], cfg.clip_grad, norm_type=2.0
+        )
+        if not scaler.is_enabled():
+            finite &= torch.isfinite(norm)
+    elif not scaler.is_enabled():  # under fp16 the GradScaler skips non-finite gradients itself
         finite &= torch.isfinite(torch.nn.utils.get_total_norm(grads))
     if dist.is_initialized():  # ranks must agree, or one would step while another skips
         finite = finite.int()
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     if not finite:  # the one host sync per step; a NaN/inf never reaches the weights
         opt.zero_grad(set_to_none=True)
-        return None, iou
+        return None
     scaler.step(opt)
     scaler.update()
-    return loss.detach(), iou
+    return loss.detach()
 
 
 @torch.no_grad()
@@ -970,12 +1087,19 @@ def fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
                 break
             if state.step >= last:
                 break
-            ids = batch_indices(state.step, train_cache.ids, cfg.batch_size, cfg.seed)
-            if cfg.recipe == "video":
-                batch = sample_clips(train_cache, ids, cfg, gen)
+            if cfg.lr_schedule != "constant":
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(cfg, state.step)
+            if cfg.recipe == "video":  # --accumulate micro-batches of --batch-size clips
+                ids = batch_indices(
+                    state.step, train_cache.ids, cfg.batch_size * cfg.accumulate, cfg.seed
+                )
+                parts = [ids[k : k + cfg.batch_size] for k in range(0, len(ids), cfg.batch_size)]
+                loss, iou = video_step(trainer, parts, train_cache, opt, scaler, cfg, gen, ctx)
             else:
+                ids = batch_indices(state.step, train_cache.ids, cfg.batch_size, cfg.seed)
                 batch = sample_batch(train_cache.get(ids), cfg.max_masks, gen)
-            loss, iou = train_step(trainer, batch, opt, scaler, cfg, gen, ctx.device)
+                loss, iou = train_step(trainer, batch, opt, scaler, cfg, gen, ctx.device)
             state.step += 1
             bar.update(1)
             if cfg.minutes and agreed(time.time() - t_train > 60 * cfg.minutes, ctx):
@@ -1032,6 +1156,19 @@ def report_best(cfg: Config, ctx: Context, sam, val_cache: FeatureCache, before:
         print(f"validation, base model -> best.pt:\n{format_table(after, before)}")
         text = json.dumps({"base": before, "best": after}, indent=2)
         (ctx.out / "eval.json").write_text(text + "\n")
+
+
+def no_score_reason(cfg: Config, val_set) -> str:
+    """Why validation gave no score (evaluate() returned nan), for the run's last line."""
+    if not len(val_set):
+        return "there is no validation split (see the warning above)"
+    if cfg.recipe != "video":
+        return f"none of the {len(val_set)} validation images has a usable instance"
+    return (
+        f"no object of the {len(val_set)} validation videos could be scored (J&F scores an "
+        "object on the annotated frames after the one it is prompted on, except the last; "
+        "skipped videos are named in the warnings above)"
+    )
 
 
 def check_replicas(sam) -> None:
@@ -1091,6 +1228,8 @@ def run_training(cfg: Config, stops: StopSignals) -> dict:
             if rank == 0:
                 print(f"{ck_path} is already at step {state.step}: nothing to do", file=sys.stderr)
             return {**summary, **dataclasses.asdict(state)}
+        if cfg.recipe == "video":  # the model is loaded: what is free now is what a step gets
+            check_video_memory(cfg, ctx, sam.image_size)
         sam.train()
         sam.image_encoder.train(cfg.train_encoder)
         trainer = Trainable(sam)
@@ -1106,6 +1245,8 @@ def run_training(cfg: Config, stops: StopSignals) -> dict:
         val_cache = Cache(
             val_set, list(range(rank, len(val_set), world)), cfg, sam, device, rank == 0
         )
+        if cfg.recipe == "video":
+            val_cache.room = train_cache.room  # one budget: each would take half the RAM
         if rank == 0:
             print(
                 f"{len(train_set)} train / {len(val_set)} val "
@@ -1114,19 +1255,29 @@ def run_training(cfg: Config, stops: StopSignals) -> dict:
                 file=sys.stderr,
             )
         fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
-        if cfg.eval_clicks and state.first_eval:
+        scored = not math.isnan(state.first_iou)  # nothing to pick best.pt by, or to compare
+        if cfg.eval_clicks and state.first_eval and scored:
             report_best(cfg, ctx, sam, val_cache, state.first_eval)
         if world > 1:
             check_replicas(sam)
             dist.destroy_process_group()
         if rank == 0:
             plot_curves(ctx.out / "log.csv", ctx.out / "curves.png")
-            print(
-                f"done: {state.step} steps. val IoU at step 0: {state.first_iou:.4f} -> best "
-                f"{state.best_iou:.4f}. Files in {ctx.out}: model.pt (final), best.pt (best "
-                "val), checkpoint.pt (resume), log.csv, curves.png"
-                + (", eval.json (click curves)" if cfg.eval_clicks else "")
-            )
+            metric = "J&F" if cfg.recipe == "video" else "IoU"
+            files = "model.pt (final), best.pt (best val), checkpoint.pt (resume), log.csv"
+            if scored:
+                print(
+                    f"done: {state.step} steps. val {metric} at step 0: {state.first_iou:.4f} -> "
+                    f"best {state.best_iou:.4f}. Files in {ctx.out}: {files}, curves.png"
+                    + (", eval.json (click curves)" if cfg.eval_clicks else "")
+                )
+            else:
+                files = files.replace("best.pt (best val)", "best.pt (the base model)")
+                print(
+                    f"done: {state.step} steps. No val {metric}: {no_score_reason(cfg, val_set)}"
+                    f"; so best.pt stays the base model (step 0) and model.pt is the trained "
+                    f"one. Files in {ctx.out}: {files}, curves.png"
+                )
     except BaseException:
         if rank == 0 and fresh and {p.name for p in ctx.out.iterdir()} <= {".lock"}:
             (ctx.out / ".lock").unlink(missing_ok=True)
@@ -1155,6 +1306,87 @@ def main(argv: list[str] | None = None) -> None:
 
 
 GIB_PER_OBJECT_FRAME = 0.75  # activations kept for backward, bf16, hiera any size (README)
+GIB = 2**30
+
+
+def free_bytes(device: torch.device) -> int:
+    """Memory a run on `device` may still take: the GPU's free memory, or the system's
+    MemAvailable (free pages plus the page cache the kernel can drop; MemFree alone reads ~0 on
+    a machine whose page cache is full), MemFree where there is no /proc/meminfo."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/meminfo") as f:
+            line = next(line for line in f if line.startswith("MemAvailable:"))
+        return int(line.split()[1]) * 1024  # kB
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def object_frame_bytes(device: torch.device, image_size: int = 1024) -> float:
+    """Activations one object-frame keeps for backward: GIB_PER_OBJECT_FRAME in bf16 / fp16,
+    twice that in fp32 (CPU, MPS: bench.py measured 5.5 GiB for 2 frames x 2 objects on the
+    CPU), in proportion to the pixels of SAM 2's input (1024 x 1024 for every released model)."""
+    return GIB_PER_OBJECT_FRAME * (1 if amp_dtype(device) else 2) * (image_size / 1024) ** 2 * GIB
+
+
+def video_step_bytes(cfg: Config, per: float) -> float:
+    """The estimated activations of one micro-batch of the video recipe (--batch-size clips of
+    --frames x --objects, `per` bytes an object-frame): what must fit in the free memory. The
+    micro-batches a step accumulates run one after the other: they add nothing."""
+    return cfg.batch_size * cfg.frames * cfg.objects * per
+
+
+def fitting_flags(cfg: Config, per: float, free: float) -> str | None:
+    """Flags whose video_step_bytes fit in `free` bytes: one clip a micro-batch (--accumulate
+    keeps the clips a step), then the most frames x objects, at least 2 frames (ties: more
+    frames); "" if cfg fits as it is, None if not even 2 frames of 1 object fit."""
+    fit = int(free // per)  # object-frames that fit
+    best = None
+    for objects in range(min(cfg.objects, fit), 0, -1):
+        frames = min(cfg.frames, fit // objects)
+        if frames >= 2 and (best is None or frames * objects >= best[0] * best[1]):
+            best = (frames, objects)
+    if best is None:
+        return None
+    flags = []
+    if cfg.batch_size > 1:
+        flags += ["--batch-size 1", f"--accumulate {cfg.batch_size * cfg.accumulate}"]
+    flags += [f"--frames {best[0]}"] if best[0] != cfg.frames else []
+    flags += [f"--objects {best[1]}"] if best[1] != cfg.objects else []
+    return " ".join(flags)
+
+
+def gib_text(n: float) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"
+
+
+def check_video_memory(cfg: Config, ctx: Context, image_size: int) -> None:
+    """Refuse (ValueError naming flags that fit) a video run whose step's estimated activations
+    exceed the free memory of its device, before its first step: past it, the kernel kills the
+    process without a message (CPU) or CUDA runs out mid-step. --ignore-memory: only warn."""
+    per = object_frame_bytes(ctx.device, image_size)
+    need, free = video_step_bytes(cfg, per), free_bytes(ctx.device)
+    if not agreed(need > free, ctx):  # every process refuses if one would run out
+        return
+    where = "GPU memory" if ctx.device.type == "cuda" else "RAM (fp32 on the CPU)"
+    text = (
+        f"a --recipe video step needs about {gib_text(need)} of {where} for activations "
+        f"(--batch-size {cfg.batch_size} x --frames {cfg.frames} x --objects {cfg.objects} x "
+        f"{gib_text(per)}), and {gib_text(free)} are available"
+    )
+    if cfg.ignore_memory:
+        warnings.warn(f"{text}: going on (--ignore-memory); the run may be killed")
+        return
+    flags = fitting_flags(cfg, per, free)
+    fix = (
+        f"These fit: {flags}"
+        if flags
+        else "Not even --batch-size 1 --frames 2 --objects 1 fits: free memory or use a GPU"
+    )
+    raise ValueError(
+        f"{text}: the run would be killed when memory runs out. {fix} (or pass --ignore-memory "
+        "to start anyway)"
+    )
 
 
 class ClipCache:
@@ -1173,15 +1405,12 @@ class ClipCache:
         self.keep(indices)
         gpu = device.type == "cuda" and cfg.cache in ("auto", "gpu")
         cpu = cfg.cache in ("auto", "cpu") or cfg.cache == "gpu" and not gpu
-        ram = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else ram
-        need = cfg.batch_size * cfg.frames * cfg.objects * GIB_PER_OBJECT_FRAME * 2**30
-        if need > free:
-            warnings.warn(
-                f"a step needs about {need / 2**30:.0f} GiB for activations ({GIB_PER_OBJECT_FRAME}"
-                f" GiB per clip, frame and object), {free / 2**30:.0f} GiB are free: lower "
-                "--batch-size, --frames or --objects"
-            )
+        per = object_frame_bytes(device, sam.image_size)
+        ram, need = free_bytes(torch.device("cpu")), video_step_bytes(cfg, per)
+        free = free_bytes(device)
+        if device.type != "cuda":  # the step's activations come out of the same RAM
+            ram = max(ram - need, 0)
+        # shared with the validation cache (run_training): one budget for both
         self.room = {"gpu": max(free - need, 0) / 2 if gpu else 0, "cpu": ram / 2 if cpu else 0}
         self.mode = "frames kept in GPU / CPU: {:.1f} / {:.1f} GiB".format(
             *(v / 2**30 for v in self.room.values())

@@ -211,15 +211,16 @@ def test_every_config_field_is_refused_or_allowed_on_resume(demo, tmp_path):
     subclass stands for it here), is refused."""
     cfg = train.Config(data=str(demo))
     allowed = {"steps", "minutes", "lr", "weight_decay", "save_every", "eval_every", "log_every"}
-    allowed |= {"device", "workers", "cache", "encode_batch"}
+    allowed |= {"device", "workers", "cache", "encode_batch", "lr_schedule", "clip_grad"}
     must_refuse = {"data", "model", "checkpoint", "batch_size", "max_masks", "recipe", "clicks"}
     must_refuse |= {"seed", "score_weight", "max_side", "min_area", "complex", "train_encoder"}
+    must_refuse |= {"frames", "objects", "accumulate"}
     refused_seen = set()
     for f in dataclasses.fields(cfg):
         saved = dataclasses.asdict(cfg) | {f.name: "other"}
         refused, changed = train.resume_changes(saved, cfg)
         refused_seen |= {r[0] for r in refused}
-        if f.name in ("out", "resume", "demo"):  # how this process was started
+        if f.name in ("out", "resume", "demo", "ignore_memory"):  # how this process started
             assert refused == changed == [], f.name
         elif f.name in allowed:
             assert refused == [] and changed == [(f.name, "other", getattr(cfg, f.name))]

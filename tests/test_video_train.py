@@ -18,7 +18,7 @@ import train
 
 FAST = ["--model", "tiny", "--checkpoint", "none", "--device", "cpu", "--recipe", "video"]
 FAST += ["--batch-size", "1", "--frames", "3", "--objects", "2", "--clicks", "1", "--lr", "1e-4"]
-FAST += ["--eval-every", "0", "--log-every", "1", "--eval-clicks", "1"]
+FAST += ["--eval-every", "0", "--log-every", "1", "--eval-clicks", "1", "--accumulate", "1"]
 
 
 @pytest.fixture(scope="module")
