@@ -1,6 +1,6 @@
 """Datasets for fine-tuning SAM 2, read as the annotation tools write them: LabPics V1, label-PNG
-folders, Pascal VOC, COCO (CVAT, Roboflow, detectron2), YOLO segmentation (Ultralytics, Roboflow)
-and labelme.
+folders, Pascal VOC, COCO (CVAT, Roboflow, detectron2) and COCO panoptic, YOLO segmentation
+(Ultralytics, Roboflow, datumaro), labelme and SA-1B (SAM's own format).
 
     python data.py --make-demo demo_data      # small synthetic LabPics-style dataset
     python data.py demo_data                  # what was found: layout, splits, instances, skips
@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import hashlib
 import io
 import itertools
 import json
+import math
 import os
 import re
 import sys
@@ -53,6 +55,9 @@ END_MARKERS = {
 SPLIT_WORDS = {"train": "train", "trainval": "train", "training": "train", "test": "test"}
 SPLIT_WORDS |= {"val": "val", "valid": "val", "validation": "val", "minival": "val"}
 LABELME_REGIONS = ("polygon", "rectangle", "circle", "oriented_rectangle", "mask")
+# instances read per image at most, in file order (the rest are left out and counted): each
+# kept one costs up to 1 MiB at 1024 px in every sample, and SA-1B-style files hold hundreds
+MAX_INSTANCES = 1000
 
 
 class DataError(Exception):
@@ -66,6 +71,7 @@ class Options:
     complex: bool = False  # LabPics: add the Complex/ part
     crowd: bool = False  # COCO crowd regions (iscrowd=1) are instances too (CVAT's masks are)
     ignore_index: int = 255  # this value of an 8-bit or palette label PNG is no instance; -1: none
+    stuff: bool = False  # COCO panoptic: stuff segments (isthing 0) are instances too
 
     def __post_init__(self):
         if not -1 <= self.ignore_index <= 255:
@@ -77,14 +83,17 @@ class Record:
     """One image and its annotation, as found on disk (nothing decoded yet)."""
 
     image: Path
-    annotation: Path | None  # label / LabPics PNG, YOLO .txt, labelme .json; None for COCO
-    format: str  # its reader: labpics | folder | voc (label PNGs), coco | yolo | labelme
+    annotation: Path | None  # label / LabPics / panoptic PNG, YOLO .txt, labelme / SA-1B .json
+    format: str  # its reader: labpics | folder | voc (label PNGs), coco | panoptic | yolo |
+    # labelme | sa1b
     coco: list[dict] | None = None  # this image's COCO annotations that are read
     width: int | None = None  # image size the COCO JSON claims
     height: int | None = None
     ignore_index: int = -1  # label PNGs: this 8-bit value is no instance (-1: none)
     crowd: list[dict] = field(default_factory=list)  # COCO crowd annotations left out
     looked_in: tuple[Path, ...] = ()  # COCO: the folders searched for the image
+    stuff: list[dict] = field(default_factory=list)  # COCO panoptic stuff segments left out
+    embedded: bool = False  # labelme: the image is the JSON's imageData (no image file)
 
 
 @dataclass
@@ -139,13 +148,34 @@ def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def _decode_rgb(data: np.ndarray, name: str | Path) -> np.ndarray:
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if img is None:
+        raise DataError(f"{name}: not a readable image (corrupt, truncated or unsupported format)")
+    return np.ascontiguousarray(img[..., ::-1])
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Image file -> (H, W, 3) uint8 RGB exactly as cv2.imread reads it: EXIF orientation
     applied, gray / alpha / 16-bit converted. cv2 refuses cut-off files itself."""
-    img = cv2.imdecode(_read_bytes(Path(path)), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
-    return np.ascontiguousarray(img[..., ::-1])
+    return _decode_rgb(_read_bytes(Path(path)), path)
+
+
+def _embedded_bytes(record: Record) -> bytes:
+    """A labelme JSON's imageData (base64 of the image file), decoded."""
+    d = _read_json(record.annotation, "labelme JSON")
+    try:
+        return base64.b64decode(d["imageData"], validate=True)
+    except (binascii.Error, TypeError, KeyError, ValueError):
+        raise DataError(f"{record.annotation}: 'imageData' is not base64 image data") from None
+
+
+def record_rgb(record: Record) -> np.ndarray:
+    """A record's image (H, W, 3) uint8 RGB: its file, or labelme's embedded imageData."""
+    if not record.embedded:
+        return read_rgb(record.image)
+    name = f"imageData of {record.annotation}"
+    return _decode_rgb(np.frombuffer(_embedded_bytes(record), np.uint8), name)
 
 
 def labpics_merge(ann_bgr: np.ndarray) -> np.ndarray:
@@ -292,6 +322,17 @@ def _is_polygon(p) -> bool:
     return isinstance(p, list) and len(p) % 2 == 0 and all(isinstance(v, int | float) for v in p)
 
 
+def _far_off(xy: list[float], h: int, w: int) -> str | None:
+    """Why points [x0, y0, x1, y1, ...] cannot be drawn: a coordinate that is not finite or
+    lies farther outside the image than its own size (pycocotools allocates per pixel of an
+    edge's length: one 1e12 coordinate costs tens of GB). None if they can."""
+    for k, v in enumerate(xy):
+        side = (w, h)[k % 2]
+        if not math.isfinite(v) or not -side <= v <= 2 * side:
+            return f"coordinate {v!r:.20} is not finite or far outside the {w}x{h} image"
+    return None
+
+
 def coco_mask(ann: dict, h: int, w: int) -> np.ndarray:
     """One COCO annotation's segmentation (polygons, RLE compressed or not) -> (H, W) bool.
     Raises ValueError (or pycocotools' own errors) saying why there is no usable mask."""
@@ -304,6 +345,9 @@ def coco_mask(ann: dict, h: int, w: int) -> np.ndarray:
         polys = [p for p in seg if len(p) >= 6]  # under 3 points frPyObjects would read a box
         if not polys:
             raise ValueError("no polygon of 3 or more points")
+        for k, p in enumerate(seg):
+            if len(p) >= 6 and (why := _far_off(p, h, w)):
+                raise ValueError(f"polygon {k}: {why}")
         return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, h, w))) > 0
     if not isinstance(seg, dict):
         raise ValueError(f"'segmentation' must be polygons or an RLE, got {type(seg).__name__}")
@@ -320,15 +364,76 @@ def coco_mask(ann: dict, h: int, w: int) -> np.ndarray:
     return mask_utils.decode(mask_utils.frPyObjects(seg, h, w) if uncompressed else seg) > 0
 
 
-def _coco_instances(record: Record, h: int, w: int, skipped: list[str]) -> Iterator[np.ndarray]:
-    """COCO: each annotation kept when the file was read (crowd regions only with --crowd)."""
-    for a in record.coco or []:
+def _capped(items: list, skipped: list[str], what: str = "annotations") -> list:
+    """The first MAX_INSTANCES items; how many more were left out goes to skipped."""
+    if len(items) > MAX_INSTANCES:
+        n = len(items) - MAX_INSTANCES
+        skipped.append(f"{n} {what} after the first {MAX_INSTANCES} left out (data.MAX_INSTANCES)")
+    return items[:MAX_INSTANCES]
+
+
+def _rle_instances(anns: list, h: int, w: int, skipped: list[str]) -> Iterator[np.ndarray]:
+    """COCO-style annotations (polygons or RLE 'segmentation'), the first MAX_INSTANCES."""
+    for a in _capped(anns, skipped):
         try:
-            m = coco_mask(a, h, w)
+            m = coco_mask(a, h, w) if isinstance(a, dict) else None
         except Exception as e:  # pycocotools raises bare Exception for unsupported input
             skipped.append(f"annotation id {a.get('id')}: {e}")
             continue
+        if m is None:
+            skipped.append(f"annotation {a!r:.40}: not an object")
+            continue
         yield m
+
+
+def _coco_instances(record: Record, h: int, w: int, skipped: list[str]) -> Iterator[np.ndarray]:
+    """COCO: each annotation kept when the file was read (crowd regions only with --crowd)."""
+    return _rle_instances(record.coco or [], h, w, skipped)
+
+
+def _sa1b_instances(record: Record, h: int, w: int, skipped: list[str]) -> Iterator[np.ndarray]:
+    """SA-1B (SAM's own format, one JSON per image): an 'image' record (width, height) and
+    'annotations', each an RLE 'segmentation' as COCO's."""
+    d = _read_json(record.annotation, "SA-1B JSON")
+    if not isinstance(d, dict) or not isinstance(d.get("annotations"), list):
+        raise DataError(f"{record.annotation}: not an SA-1B JSON (no 'annotations' list)")
+    im = d.get("image") if isinstance(d.get("image"), dict) else {}
+    if (im.get("height"), im.get("width")) not in ((None, None), (h, w)):
+        raise DataError(
+            f"{record.image} is {w}x{h} but {record.annotation} says "
+            f"{im.get('width')}x{im.get('height')}"
+        )
+    yield from _rle_instances(d["annotations"], h, w, skipped)
+
+
+def _panoptic_ids(record: Record, h: int, w: int) -> np.ndarray:
+    """(H, W) int64 segment ids of a COCO panoptic PNG: R + 256 G + 256^2 B; never rotated."""
+    lab = cv2.imdecode(_read_bytes(record.annotation), cv2.IMREAD_UNCHANGED)
+    if lab is None or lab.dtype != np.uint8 or lab.ndim != 3:
+        raise DataError(f"{record.annotation}: not a readable COCO panoptic PNG (8-bit RGB)")
+    if lab.shape[:2] != (h, w):
+        raise DataError(
+            f"size mismatch: image {record.image} is {w}x{h} but annotation "
+            f"{record.annotation} is {lab.shape[1]}x{lab.shape[0]}"
+        )
+    b, g, r = (lab[..., c].astype(np.int64) for c in range(3))  # cv2's channel order
+    return r + 256 * g + 65536 * b
+
+
+def _panoptic_instances(record: Record, h: int, w: int, skipped: list[str]) -> Iterator[np.ndarray]:
+    """COCO panoptic: each segment kept when the JSON was read is the pixels of its id."""
+    segments = _capped(record.coco or [], skipped, "segments")
+    if not segments:
+        return
+    ids = _panoptic_ids(record, h, w)
+    for seg in segments:
+        m = ids == seg.get("id")
+        if m.any():
+            yield m
+        else:
+            skipped.append(
+                f"segment id {seg.get('id')}: no pixel of it in {record.annotation.name}"
+            )
 
 
 def _yolo_instances(record: Record, h: int, w: int, skipped: list[str]) -> Iterator[np.ndarray]:
@@ -337,7 +442,7 @@ def _yolo_instances(record: Record, h: int, w: int, skipped: list[str]) -> Itera
     if not record.annotation.is_file():
         return
     seen = set()
-    for n, line in enumerate(_read_lines(record.annotation), 1):
+    for n, line in _capped(list(enumerate(_read_lines(record.annotation), 1)), skipped, "lines"):
         try:
             v = tuple(float(x) for x in line.split())
         except ValueError:
@@ -347,6 +452,8 @@ def _yolo_instances(record: Record, h: int, w: int, skipped: list[str]) -> Itera
             skipped.append(f"line {n}: a box (class x y w h), no polygon")
         elif len(v) < 7 or len(v) % 2 == 0:
             skipped.append(f"line {n}: {len(v)} numbers, not a class and 3 or more x y points")
+        elif not all(map(math.isfinite, v)):  # NaN passes every comparison below
+            skipped.append(f"line {n}: a coordinate is not finite ({line:.60})")
         elif min(v[1:]) < -0.01 or max(v[1:]) > 1.01:  # Ultralytics' own tolerance
             skipped.append(f"line {n}: coordinates outside 0-1 (not normalized)")
         elif v in seen:  # Ultralytics drops repeated lines too
@@ -361,6 +468,8 @@ def _draw_labelme(canvas: Image.Image, shape: dict) -> None:
     """Draw one labelme shape onto an (H, W) "L" canvas as labelme's own shape_to_mask does."""
     kind, pts = shape.get("shape_type") or "polygon", shape.get("points")
     xy = [(float(x), float(y)) for x, y in pts]
+    if why := _far_off([v for p in xy for v in p], canvas.height, canvas.width):
+        raise ValueError(why)
     need = {"rectangle": 2, "circle": 2, "mask": 2, "oriented_rectangle": 4}.get(kind, 3)
     if len(xy) < need:
         raise ValueError(f"{len(xy)} points, a {kind} needs {need}")
@@ -398,8 +507,14 @@ def _labelme_instances(record: Record, h: int, w: int, skipped: list[str]) -> It
             skipped.append(f"shape {i} ({kind}): not a region")
             continue
         gid = s.get("group_id")
+        if not (gid is None or isinstance(gid, int | str) and not isinstance(gid, bool)):
+            skipped.append(
+                f"shape {i} ({kind} '{s.get('label')}'): group_id must be an integer or null, "
+                f"got {gid!r:.40}"
+            )
+            continue
         groups.setdefault(i if gid is None else (str(s.get("label")), gid), []).append((i, s))
-    for shapes in groups.values():
+    for shapes in _capped(list(groups.values()), skipped, "shape groups"):
         canvas, drawn = Image.new("L", (w, h), 0), 0
         for i, s in shapes:
             try:
@@ -411,7 +526,13 @@ def _labelme_instances(record: Record, h: int, w: int, skipped: list[str]) -> It
             yield np.asarray(canvas) > 0
 
 
-INSTANCE_READERS = {"coco": _coco_instances, "yolo": _yolo_instances, "labelme": _labelme_instances}
+INSTANCE_READERS = {
+    "coco": _coco_instances,
+    "panoptic": _panoptic_instances,
+    "yolo": _yolo_instances,
+    "labelme": _labelme_instances,
+    "sa1b": _sa1b_instances,
+}
 
 
 def _label_map(record: Record, h: int, w: int) -> np.ndarray:
@@ -447,6 +568,20 @@ def _crowd_note(records: list[Record]) -> str | None:
     return (
         f"{len(left)} crowd (iscrowd=1) annotations skipped in {n_img} images ({why}: "
         "--crowd-instances makes them instances)"
+    )
+
+
+def _stuff_note(records: list[Record]) -> str | None:
+    """What became of COCO panoptic stuff segments (categories with isthing 0)."""
+    left = sum(len(r.stuff) for r in records)
+    if not left:
+        return None
+    # datumaro cannot tell things from stuff and writes isthing 0 for every category
+    none = not any(r.coco for r in records if r.format == "panoptic")
+    why = " (no category is a thing: datumaro's panoptic export marks every one stuff)"
+    return (
+        f"{left} stuff segments (isthing 0) skipped in {sum(bool(r.stuff) for r in records)} "
+        f"images{why if none else ''}: --stuff-instances makes them instances"
     )
 
 
@@ -677,7 +812,7 @@ def _labelme_dirs(root: Path) -> list[Path]:
         stems = {p.stem for p in d.glob("*.json")}
         return bool(stems) and any(p.stem in stems for p in _images_in(d))
 
-    return [d for d in [root, *_split_dirs(root)] if pairs(d)]
+    return [d for d in [root, *_split_dirs(root)] if d.is_dir() and pairs(d)]
 
 
 def _labelme_records(d: Path) -> list[Record]:
@@ -692,6 +827,10 @@ def _labelme_records(d: Path) -> list[Record]:
                 warnings.warn(f"skipping {js}: no image {js.stem}.* beside it, no imagePath")
                 continue
             image = d / PureWindowsPath(meta["imagePath"]).as_posix()
+            if not image.is_file() and isinstance(meta.get("imageData"), str) and meta["imageData"]:
+                # labelme's "save image data": the image travels inside the JSON
+                out.append(Record(image, js, "labelme", embedded=True))
+                continue
         out.append(Record(image, js, "labelme"))
     return out
 
@@ -703,13 +842,75 @@ def _labelme_parts(root: Path, opts: Options) -> Parts:
     ]
 
 
+# sa1b --------------------------------------------------------------------------------------
+
+
+def _is_sa1b(js: Path) -> bool:
+    """An SA-1B JSON ({"image": {...}, "annotations": [...]}), not a labelme one."""
+    try:
+        d = _read_json(js, "JSON")
+    except DataError:
+        return False
+    return isinstance(d, dict) and isinstance(d.get("image"), dict) and "annotations" in d
+
+
+def _sa1b_dirs(root: Path) -> list[Path]:
+    """root and its split folders where x.json beside x.jpg is SA-1B's (its first one read)."""
+    out = []
+    for d in _labelme_dirs(root):
+        images = {p.stem for p in _images_in(d)}
+        first = next((j for j in sorted(d.glob("*.json")) if j.stem in images), None)
+        if first is not None and _is_sa1b(first):
+            out.append(d)
+    return out
+
+
+def _sa1b_records(d: Path) -> list[Record]:
+    """One record per .json: its image is the one of the same stem, else its 'file_name'."""
+    images, out = {p.stem: p for p in _images_in(d)}, []
+    for js in sorted(d.glob("*.json")):
+        image = images.get(js.stem)
+        if image is None:
+            meta = _read_json(js, "SA-1B JSON")
+            name = meta.get("image", {}).get("file_name") if isinstance(meta, dict) else None
+            if not isinstance(name, str):
+                warnings.warn(f"skipping {js}: no image {js.stem}.* beside it, no file_name")
+                continue
+            image = d / name
+        out.append(Record(image, js, "sa1b"))
+    return out
+
+
+def _sa1b_parts(root: Path, opts: Options) -> Parts:
+    return [
+        (_rel(d, root), _word(d) if d != root else None, partial(_sa1b_records, d))
+        for d in _sa1b_dirs(root)
+    ]
+
+
 # coco --------------------------------------------------------------------------------------
+
+
+def _not_coco(js: Path) -> bool:
+    """JSONs that sit where COCO's do but are no COCO: datumaro's own format (it starts with
+    its dm_format_version) and Open Images' class hierarchy (bbox_labels_600_hierarchy.json)."""
+    if "hierarchy" in js.stem.lower():
+        return True
+    try:
+        with open(js, "rb") as f:
+            return b'"dm_format_version"' in f.read(512)
+    except OSError:
+        return False
 
 
 def _coco_jsons(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
-    found = sorted((root / "annotations").glob("*.json")) or sorted(root.glob("*.json"))
+    found = [
+        p
+        for p in sorted((root / "annotations").glob("*.json")) or sorted(root.glob("*.json"))
+        if not _not_coco(p)
+    ]
     # Roboflow: ROOT/{train,valid,test}/_annotations.coco.json, the images beside each
     found = found or [p for d in _split_dirs(root) for p in sorted(d.glob("*.json"))]
     # annotations/ often also holds captions / keypoints files: prefer the instances ones
@@ -746,9 +947,10 @@ def _size(v) -> int | None:
     return int(v)
 
 
-def _coco_records(js: Path, crowd: bool) -> list[Record]:
-    """A COCO instances JSON -> one Record per image. DataError naming the file, the entry and
-    what was expected when it is not one; crowd regions are left out (counted) unless crowd."""
+def _coco_records(js: Path, crowd: bool, stuff: bool = False) -> list[Record]:
+    """A COCO instances (or panoptic) JSON -> one Record per image. DataError naming the file,
+    the entry and what was expected when it is not one; crowd regions are left out (counted)
+    unless crowd, panoptic stuff segments unless stuff."""
     d = _read_json(js, "COCO instances JSON")
 
     def bad(why: str) -> DataError:
@@ -778,6 +980,8 @@ def _coco_records(js: Path, crowd: bool) -> list[Record]:
         if im["id"] in per_image:
             raise bad(f"image id {im['id']} appears twice in 'images'")
         per_image[im["id"]] = ([], [], *size)  # annotations read, crowd left out, width, height
+    if any(isinstance(a, dict) and "segments_info" in a for a in anns):
+        return _panoptic_records(js, d, per_image, Options(crowd=crowd, stuff=stuff), bad)
     orphans = []
     for j, a in enumerate(anns):
         if not isinstance(a, dict):
@@ -787,27 +991,90 @@ def _coco_records(js: Path, crowd: bool) -> list[Record]:
             orphans.append(f"annotation id {a.get('id')} (image_id {iid!r:.40})")
             continue
         per_image[iid][a.get("iscrowd") == 1 and not crowd].append(a)
+    _warn_orphans(js, orphans)
+    out = []
+    for im in images:
+        path, where = _coco_image(js, im["file_name"])
+        keep, left, w, h = per_image[im["id"]]
+        out.append(Record(path, None, "coco", keep, w, h, crowd=left, looked_in=where))
+    return out
+
+
+def _coco_image(js: Path, name: str) -> tuple[Path, tuple[Path, ...]]:
+    """A COCO image's path, and the folders searched when it is in none of them."""
+    dirs = _coco_image_dirs(js)
+    cands = [d / name for d in dirs]
+    path = next((c for c in cands if c.is_file()), None)
+    return (path, ()) if path else (cands[0], tuple(dirs))
+
+
+def _warn_orphans(js: Path, orphans: list[str]) -> None:
     if orphans:
         warnings.warn(
             f"{js}: skipped {len(orphans)} annotations whose image_id is in no 'images' entry: "
             + ", ".join(orphans[:5])
             + (", ..." if orphans[5:] else ""),
-            stacklevel=2,
+            stacklevel=3,
         )
-    dirs, out = _coco_image_dirs(js), []
-    for im in images:
-        cands = [dd / im["file_name"] for dd in dirs]
-        path = next((c for c in cands if c.is_file()), None)
-        keep, left, w, h = per_image[im["id"]]
-        where = () if path else tuple(dirs)
-        out.append(Record(path or cands[0], None, "coco", keep, w, h, crowd=left, looked_in=where))
+
+
+def _panoptic_records(
+    js: Path, d: dict, per_image: dict, opts: Options, bad: Callable[[str], DataError]
+) -> list[Record]:
+    """COCO panoptic (COCO, detectron2, datumaro): an annotation per image names its PNG
+    (ROOT/annotations/panoptic_<subset>/x.png, segment id = R + 256 G + 256^2 B) and lists its
+    'segments_info'. Things are instances; stuff (a category with isthing 0) and crowd segments
+    are left out, counted, unless opts.stuff / opts.crowd. An image without an entry has none."""
+    cats = d.get("categories") if isinstance(d.get("categories"), list) else []
+    isthing = {c.get("id"): c.get("isthing", 1) for c in cats if isinstance(c, dict)}
+    entries, orphans = {}, []
+    for j, a in enumerate(d["annotations"]):
+        if not (isinstance(a, dict) and isinstance(a.get("segments_info"), list)):
+            raise bad(f"annotations[{j}] needs a 'segments_info' list, got {a!r:.80}")
+        if not isinstance(a.get("file_name"), str):
+            raise bad(f"annotations[{j}]: 'file_name' (its PNG) must be a string")
+        if a.get("image_id") in per_image:
+            entries[a["image_id"]] = a
+        else:
+            orphans.append(f"annotation of {a['file_name']} (image_id {a.get('image_id')!r:.40})")
+    _warn_orphans(js, orphans)
+    out = []
+    for im in d["images"]:
+        im_id, (_, _, w, h) = im["id"], per_image[im["id"]]
+        path, where = _coco_image(js, im["file_name"])
+        a = entries.get(im_id)
+        keep, crowd, stuff = [], [], []
+        for k, seg in enumerate(a["segments_info"] if a else []):
+            if not (isinstance(seg, dict) and isinstance(seg.get("id"), int)):
+                raise bad(f"image id {im_id}: segments_info[{k}] needs an integer 'id'")
+            if seg.get("iscrowd") == 1 and not opts.crowd:
+                crowd.append(seg)
+            elif isthing.get(seg.get("category_id"), 1) == 0 and not opts.stuff:
+                stuff.append(seg)
+            else:
+                keep.append(seg)
+        png = js.with_suffix("") / a["file_name"] if a else None
+        rec = Record(path, png, "panoptic", keep, w, h, crowd=crowd, looked_in=where, stuff=stuff)
+        out.append(rec)
     return out
 
 
 def _coco_parts(root: Path, opts: Options) -> Parts:
     return [
-        (_rel(j, root), _coco_split(j), partial(_coco_records, j, opts.crowd))
+        (_rel(j, root), _coco_split(j), partial(_coco_records, j, opts.crowd, opts.stuff))
         for j in _coco_jsons(root)
+    ]
+
+
+def _panoptic_jsons(root: Path) -> list[Path]:
+    """COCO panoptic files (panoptic_*.json) where there is no instances file."""
+    return [j for j in _coco_jsons(root) if "panoptic" in j.stem.lower()]
+
+
+def _panoptic_parts(root: Path, opts: Options) -> Parts:
+    return [
+        (_rel(j, root), _coco_split(j), partial(_coco_records, j, opts.crowd, opts.stuff))
+        for j in _panoptic_jsons(root)
     ]
 
 
@@ -858,10 +1125,24 @@ LAYOUTS = [  # tried in this order
         _yolo_parts,
     ),
     Layout(
+        "sa1b",
+        "ROOT/sa_1.jpg + ROOT/sa_1.json with 'image' and 'annotations' (SA-1B, SAM's own; "
+        "datumaro's segment_anything), or ROOT/train/... + ROOT/val/...",
+        lambda r: bool(_sa1b_dirs(r)),
+        _sa1b_parts,
+    ),
+    Layout(
         "labelme",
         "ROOT/x.jpg + ROOT/x.json (labelme), or ROOT/train/... + ROOT/val/...",
         lambda r: bool(_labelme_dirs(r)),
         _labelme_parts,
+    ),
+    Layout(
+        "panoptic",
+        "ROOT/annotations/panoptic_train.json + its PNGs in ROOT/annotations/panoptic_train/ "
+        "(COCO panoptic: COCO, detectron2, datumaro)",
+        lambda r: bool(_panoptic_jsons(r)),
+        _panoptic_parts,
     ),
     Layout(
         "coco",
@@ -871,14 +1152,99 @@ LAYOUTS = [  # tried in this order
         _coco_parts,
     ),
 ]
-# recognised, not read: (glob under the path given, or its name, -> what it is, what to do)
+DATUM = (
+    "convert it with datumaro (`datum convert -i PATH -f coco_instances -o OUT -- --save-media`)"
+)
+# recognised, not read: (glob under the path given, or its name; b"" or bytes that the first
+# 4 KiB of the first file it matches must hold -> what it is, what to do). First match wins.
 HINTS = [
-    ("*.xml", "CVAT's XML: export the task as 'COCO 1.0' instead, with --crowd-instances"),
-    ("VOC20*/SegmentationObject", "a VOCdevkit folder: give the VOC20xx folder inside it"),
-    ("Annotations/*.xml", "Pascal VOC boxes without SegmentationObject/: SAM 2 needs masks"),
-    ("*.zip", "a folder of archives: unzip the export first"),
-    ("images", "an images/ folder without masks/ (label PNGs) or labels/ (YOLO) beside it"),
+    (
+        "*.xml",
+        b"<annotations>",
+        "CVAT's XML: export the task as 'COCO 1.0' instead, with --crowd-instances",
+    ),
+    ("VOC20*/SegmentationObject", b"", "a VOCdevkit folder: give the VOC20xx folder inside it"),
+    (
+        "Annotations/*.xml",
+        b"<bndbox>",
+        "Pascal VOC boxes without SegmentationObject/: SAM 2 "
+        "needs masks (export VOC segmentation or COCO with masks)",
+    ),
+    (
+        "*.xml",
+        b"<bndbox>",
+        "Pascal VOC box XMLs (labelImg): SAM 2 needs masks (export COCO "
+        "with masks, or label polygons in labelme)",
+    ),
+    ("Annotations/*.xml", b"<polygon>", f"LabelMe XML (MIT LabelMe): {DATUM}"),
+    ("Annotations/*/*.xml", b"<polygon>", f"LabelMe XML (MIT LabelMe): {DATUM}"),
+    ("*/*.xml", b"<polygon>", f"LabelMe XML (datumaro's label_me): {DATUM}"),
+    ("*.xml", b"<polygon>", f"LabelMe XML: {DATUM}"),
+    ("gtFine", b"", f"Cityscapes (gtFine/ + leftImg8bit/): {DATUM}"),
+    ("leftImg8bit", b"", f"Cityscapes (leftImg8bit/ + gtFine/): {DATUM}"),
+    ("*/image_2", b"", f"KITTI (image_2/ + instance/, or label_2/ boxes without masks): {DATUM}"),
+    ("image_2", b"", f"KITTI (image_2/ + instance/, or label_2/ boxes without masks): {DATUM}"),
+    (
+        "*instances_txt",
+        b"",
+        "MOTS (instances/ PNGs of class x 1000 + track id per frame): "
+        "video tracks; lay them out as DAVIS (JPEGImages/<video>/ + Annotations/<video>/ PNGs of "
+        f"object ids) for --recipe video, or {DATUM}",
+    ),
+    (
+        "*/instances/*/*.png",
+        b"",
+        "MOTS (instances/<sequence>/ PNGs of class x 1000 + track "
+        "id): video tracks; lay them out as DAVIS for --recipe video, or " + DATUM,
+    ),
+    (
+        "*annot",
+        b"",
+        "CamVid (train/ + trainannot/): class maps, one class per pixel and no "
+        "instances; as images/ + masks/ (the folder layout) each class becomes one mask",
+    ),
+    (
+        "label_colors.txt",
+        b"",
+        "CamVid (label_colors.txt + class maps): no instances; as "
+        "images/ + masks/ (the folder layout) each class becomes one mask",
+    ),
+    (
+        "*-annotations-object-segmentation.csv",
+        b"",
+        f"Open Images (segmentation CSV + a mask PNG per object): {DATUM}",
+    ),
+    (
+        "annotations/*-annotations-object-segmentation.csv",
+        b"",
+        f"Open Images (segmentation CSV + a mask PNG per object): {DATUM}",
+    ),
+    ("annotations/*hierarchy*.json", b"", f"Open Images (boxes, no masks found): {DATUM}"),
+    (
+        "annotations/*.json",
+        b'"dm_format_version"',
+        "datumaro's own format (annotations/"
+        "<subset>.json with 'items'): export it as COCO (`datum convert -i PATH -if datumaro -f "
+        "coco_instances -o OUT -- --save-media`)",
+    ),
+    ("*.zip", b"", "a folder of archives: unzip the export first"),
+    ("images", b"", "an images/ folder without masks/ (label PNGs) or labels/ (YOLO) beside it"),
 ]
+
+
+def _hint_fits(root: Path, pattern: str, head: bytes) -> bool:
+    """root is named so, or holds a path so (the first one found starting with head)."""
+    if root.match(pattern):
+        first = root
+    else:
+        first = next(root.glob(pattern), None) if root.is_dir() else None
+    if first is None or not head:
+        return first is not None
+    try:
+        with open(first, "rb") as f:
+            return head in f.read(4096)
+    except OSError:
+        return False
 
 
 def _layouts_help() -> str:
@@ -886,23 +1252,22 @@ def _layouts_help() -> str:
 
 
 def detect_format(root: str | Path) -> str:
-    """The name of root's layout ('labpics', 'voc', 'folder', 'yolo', 'labelme', 'coco');
+    """The name of root's layout (a LAYOUTS name: 'labpics', 'voc', 'yolo', 'sa1b', 'coco', ...);
     DataError saying what it looks like, or which layouts were looked for, if none fits."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"{root}: no such file or folder\n{_layouts_help()}")
     if root.is_file():
         kind = {".json": "coco", ".yaml": "yolo", ".yml": "yolo"}.get(root.suffix.lower())
+        if kind == "coco" and _not_coco(root):
+            kind = None
         if kind:
-            return kind
+            return "panoptic" if kind == "coco" and "panoptic" in root.stem.lower() else kind
     else:
         for layout in LAYOUTS:
             if layout.detect(root):
                 return layout.name
-    hint = next(
-        (h for pat, h in HINTS if root.match(pat) or (root.is_dir() and any(root.glob(pat)))),
-        None,
-    )
+    hint = next((h for pat, head, h in HINTS if _hint_fits(root, pat, head)), None)
     what = f"looks like {hint}" if hint else "no known dataset layout found"
     raise DataError(f"{root}: {what}\n{_layouts_help()}")
 
@@ -931,7 +1296,10 @@ def _pick(parts: Parts, split: str) -> list[Record]:
 
 
 def _annotated(r: Record) -> bool:
-    return r.format == "coco" or (r.annotation is not None and Path(r.annotation).is_file())
+    # a COCO (panoptic) image without annotations is one with no objects
+    return r.format in ("coco", "panoptic") or (
+        r.annotation is not None and Path(r.annotation).is_file()
+    )
 
 
 def _find(root: Path, split: str, opts: Options) -> list[Record]:
@@ -951,11 +1319,12 @@ def find_records(
     complex: bool = False,
     crowd: bool = False,
     ignore_index: int = 255,
+    stuff: bool = False,
 ) -> list[Record]:
     """All (image, annotation) records of one split ('train', 'test'/'val', or 'all').
     crowd: COCO crowd regions are instances too; ignore_index: the label-PNG value that is no
-    instance (-1: none)."""
-    return _find(Path(root), split, Options(complex, crowd, ignore_index))
+    instance (-1: none); stuff: COCO panoptic stuff segments are instances too."""
+    return _find(Path(root), split, Options(complex, crowd, ignore_index, stuff))
 
 
 # ----------------------------------------------------------------------------- samples
@@ -980,9 +1349,12 @@ def read_sample(record: Record, max_side: int = 1024, min_area: int = 16, seed: 
     """Decode, resize (longer side -> max_side), drop instances < min_area px, pick one click
     per instance. Sample: image (H, W, 3) uint8, masks (N, H, W) bool, points (N, 2) float32.
     DataError names a bad file; annotations without a usable mask are skipped with a warning."""
-    image = read_rgb(record.image)
+    image = record_rgb(record)
     hw = image.shape[:2]
-    if record.format == "coco" and (record.width, record.height) not in ((None, None), hw[::-1]):
+    if record.format in ("coco", "panoptic") and (record.width, record.height) not in (
+        (None, None),
+        hw[::-1],
+    ):
         raise DataError(
             f"{record.image}: image is {hw[1]}x{hw[0]} but its COCO entry says "
             f"{record.width}x{record.height}"
@@ -1033,12 +1405,26 @@ def _image_size(path: Path, oriented: bool = True) -> tuple[int, int]:
         return im.size[::-1] if exif.get(0x0112) in (5, 6, 7, 8) else im.size
 
 
+def _record_size(record: Record) -> tuple[int, int]:
+    """(W, H) of a record's image as read_sample reads it (labelme's imageData too)."""
+    if record.embedded:
+        return _image_size(io.BytesIO(_embedded_bytes(record)))
+    return _image_size(record.image)
+
+
 def check_record(record: Record) -> str | None:
     """Cheap up-front check (headers and file ends only): None if fine, else why not."""
     ann = record.annotation
-    # COCO has no annotation file; a YOLO image without a label file has no objects
-    skip_ann = record.format == "coco" or (record.format == "yolo" and not Path(ann).is_file())
-    for p in [record.image] + ([] if skip_ann else [ann]):
+    # COCO has no annotation file, nor a panoptic image without segments; a YOLO image without
+    # a label file, or with an empty one (datumaro, supervision), has no objects
+    skip_ann = (
+        record.format == "coco"
+        or (record.format == "panoptic" and ann is None)
+        or (record.format == "yolo" and (not Path(ann).is_file() or Path(ann).stat().st_size == 0))
+    )
+    # labelme's embedded imageData stands in for a missing image file
+    files = ([] if record.embedded else [record.image]) + ([] if skip_ann else [ann])
+    for p in files:
         if p is None:
             return f"{record.image}: missing annotation"
         if not Path(p).is_file():
@@ -1061,16 +1447,20 @@ def check_record(record: Record) -> str | None:
         if end not in tail:
             return f"{p}: truncated {kind} (no end marker)"
     try:
-        w, h = _image_size(record.image)
+        w, h = _record_size(record)
+    except DataError as e:
+        return str(e)
     except (OSError, ValueError, SyntaxError, EOFError) as e:  # PIL's zoo for broken headers
-        return f"{record.image}: unreadable image header ({type(e).__name__})"
-    if record.format == "coco" and (record.width, record.height) not in ((None, None), (w, h)):
+        what = f"imageData of {ann}" if record.embedded else record.image
+        return f"{what}: unreadable image header ({type(e).__name__})"
+    coco = record.format in ("coco", "panoptic")
+    if coco and (record.width, record.height) not in ((None, None), (w, h)):
         return (
             f"{record.image}: image is {w}x{h} but its COCO entry says "
             f"{record.width}x{record.height}"
         )
-    if record.format in INSTANCE_READERS:
-        return None  # YOLO is normalized; labelme's own size is checked when it is read
+    if record.format in INSTANCE_READERS and not (record.format == "panoptic" and ann):
+        return None  # YOLO is normalized; labelme's and SA-1B's sizes are checked when read
     try:
         aw, ah = _image_size(ann, oriented=False)
     except (OSError, ValueError, SyntaxError, EOFError) as e:
@@ -1089,11 +1479,12 @@ def load_split(
     complex: bool = False,
     crowd: bool = False,
     ignore_index: int = 255,
+    stuff: bool = False,
 ) -> SegDataset:
     """find_records + check_record on each; bad pairs skipped with a warning each, DataError if
     more than half are bad (probably the wrong folder, not a few broken files). The dataset's
-    notes say what became of COCO crowd regions."""
-    records = find_records(root, split, complex, crowd, ignore_index)
+    notes say what became of COCO crowd regions and panoptic stuff segments."""
+    records = find_records(root, split, complex, crowd, ignore_index, stuff)
     good, bad = [], []
     for r in records:
         why = check_record(r)
@@ -1106,8 +1497,8 @@ def load_split(
         raise DataError(
             f"{root}: {len(bad)} of {len(records)} '{split}' images are bad, e.g. {bad[0]}"
         )
-    note = _crowd_note(records)
-    return SegDataset(good, max_side, min_area, seed, [f"{split}: {note}"] if note else [])
+    notes = [f"{split}: {n}" for n in (_crowd_note(records), _stuff_note(records)) if n]
+    return SegDataset(good, max_side, min_area, seed, notes)
 
 
 # ----------------------------------------------------------------------------- demo data
@@ -1209,7 +1600,7 @@ def _count_instances(record: Record) -> tuple[int, list[str]]:
     why = check_record(record)
     if why is not None:
         raise DataError(why)
-    w, h = _image_size(record.image)
+    w, h = _record_size(record)
     if record.format in INSTANCE_READERS:
         skipped: list[str] = []
         return sum(1 for _ in INSTANCE_READERS[record.format](record, h, w, skipped)), skipped
@@ -1263,17 +1654,24 @@ def _summary(root: Path, opts: Options) -> tuple[str, int]:
     note = _crowd_note(records)
     if note:
         lines.append(f"crowd:   {note}")
+    note = _stuff_note(records)
+    if note:
+        lines.append(f"stuff:   {note}")
     lines.append(f"skipped: {len(bad_files)} files, {len(bad_anns)} annotations")
     return "\n".join(lines + bad_files + bad_anns + crowd), usable
 
 
 def summarize(
-    root: str | Path, complex: bool = False, crowd: bool = False, ignore_index: int = 255
+    root: str | Path,
+    complex: bool = False,
+    crowd: bool = False,
+    ignore_index: int = 255,
+    stuff: bool = False,
 ) -> str:
     """Human-readable report: layout, which source is which split, images and instances per
-    split, skipped files and annotations (each named), crowd regions, images without
-    instances. DataError if unreadable."""
-    return _summary(Path(root), Options(complex, crowd, ignore_index))[0]
+    split, skipped files and annotations (each named), crowd regions, panoptic stuff segments,
+    images without instances. DataError if unreadable."""
+    return _summary(Path(root), Options(complex, crowd, ignore_index, stuff))[0]
 
 
 def _printable(text: str) -> str:
@@ -1302,6 +1700,11 @@ def main(argv: list[str] | None = None) -> int:
         default=255,
         help="value of 8-bit / palette label PNGs that is no instance (VOC's void); -1: none",
     )
+    p.add_argument(
+        "--stuff-instances",
+        action="store_true",
+        help="COCO panoptic: stuff segments (isthing 0) are instances too (datumaro marks all so)",
+    )
     args = p.parse_args(argv)
     if not (args.data or args.make_demo or args.make_video_demo):
         p.print_usage(sys.stderr)
@@ -1314,7 +1717,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.make_video_demo:
             print(f"wrote demo videos to {make_video_demo(args.make_video_demo, seed=args.seed)}")
         if args.data:
-            opts = Options(args.complex, args.crowd_instances, args.ignore_index)
+            opts = Options(
+                args.complex, args.crowd_instances, args.ignore_index, args.stuff_instances
+            )
             text, usable = _summary(Path(args.data), opts)
             print(_printable(text))
             if not usable:

@@ -276,6 +276,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=255,
         help="label PNG value that is no instance; -1: none",
     )
+    p.add_argument(
+        "--stuff-instances", action="store_true", help="COCO panoptic: stuff segments are instances"
+    )
     p.add_argument("--out", default="eval.json", help="where to write the results")
     args = p.parse_args(argv)
     if not 1 <= args.max_clicks <= MAX_CLICKS:  # each click: a decoder pass per mask
@@ -290,7 +293,15 @@ def main(argv: list[str] | None = None) -> dict:
         device = model.resolve_device(args.device)
         video = data.detect_format(args.data) == "video"  # DAVIS / YouTube-VOS / MOSE: J&F
         load = data.load_videos if video else data.load_split
-        kw = {} if video else dict(crowd=args.crowd_instances, ignore_index=args.ignore_index)
+        kw = (
+            {}
+            if video
+            else dict(
+                crowd=args.crowd_instances,
+                ignore_index=args.ignore_index,
+                stuff=args.stuff_instances,
+            )
+        )
         ds = load(args.data, args.split, **kw)  # before the model: bad paths fail fast
         for note in getattr(ds, "notes", []):
             print(note, file=sys.stderr)  # e.g. "test: 18 crowd (iscrowd=1) annotations skipped"

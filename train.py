@@ -103,6 +103,7 @@ class Config:
     min_area: int = 16
     complex: bool = False
     crowd_instances: bool = False
+    stuff_instances: bool = False
     ignore_index: int = 255
     workers: int = 2
     cache: str = "auto"
@@ -200,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--crowd-instances", action="store_true", help="COCO: crowd regions are instances (CVAT)"
     )
     g.add_argument("--ignore-index", type=int, help="label PNG value that is no instance; -1: none")
+    g.add_argument(
+        "--stuff-instances", action="store_true", help="COCO panoptic: stuff segments are instances"
+    )
     g = p.add_argument_group("recipe")
     g.add_argument(
         "--recipe",
@@ -658,7 +662,7 @@ def share_images(cache: FeatureCache, world: int, rank: int) -> None:
 def open_data(cfg: Config):
     """The train split and the validation split (empty, with a warning, if there is none)."""
     args = (cfg.max_side, cfg.min_area, cfg.seed, cfg.complex)
-    kw = dict(crowd=cfg.crowd_instances, ignore_index=cfg.ignore_index)
+    kw = dict(crowd=cfg.crowd_instances, ignore_index=cfg.ignore_index, stuff=cfg.stuff_instances)
 
     def load(split: str):
         if cfg.recipe == "video":
