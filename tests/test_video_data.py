@@ -3,6 +3,7 @@ is empty are trained from their first frame with an object, and what is left out
 
 import re
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -71,7 +72,9 @@ def test_video_with_empty_first_frame_starts_at_its_first_object(tmp_path):
     assert [v.name for v in videos] == ["train00", "train02"]
     assert [data.first_object_frame(v) for v in videos] == [1, 0]
     cfg = train.Config(data=str(root), recipe="video", frames=2, objects=3, batch_size=1)
-    cache = train.ClipCache(videos, [0, 1], cfg, None, torch.device("cpu"))
+    cache = train.ClipCache(
+        videos, [0, 1], cfg, SimpleNamespace(image_size=64), torch.device("cpu")
+    )
     assert cache.ids == [0, 1] and cache.first == {0: 1, 1: 0}
     cache.frames = lambda i, ts: ts  # no model: the clip's frame numbers stand in for features
     gen = torch.Generator().manual_seed(0)
