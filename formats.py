@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from data import DataError
+from layouts.coco import index_coco
+from plumbing.files import DataError
 
 
 @dataclass
@@ -379,21 +380,38 @@ def write_json(path: Path, obj) -> Path:
 
 
 def load_coco(path: str | Path):
-    """A COCO instances JSON as pycocotools' COCO (quietly) and {file name and stem: image id}.
-    Raises DataError naming the file."""
-    from pycocotools.coco import COCO
-
+    """A COCO instances JSON as pycocotools' COCO (read as train.py reads one:
+    layouts.coco.index_coco) and {file name and stem: image id}. Raises DataError naming the
+    file."""
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO(str(path))
-        ids = {}
-        for im in coco.dataset["images"]:
-            name = Path(im["file_name"]).name
-            ids.setdefault(Path(name).stem, im["id"])
-            ids.setdefault(name, im["id"])
-    except (OSError, ValueError, KeyError, TypeError, AssertionError) as e:
-        raise DataError(f"--gt {path}: not a readable COCO instances JSON ({e})") from None
+        coco = index_coco(Path(path))
+    except DataError as e:
+        raise DataError(f"--gt {e}") from None
+    if why := _not_scorable(coco.dataset):
+        raise DataError(f"--gt {path}: not a readable COCO instances JSON: {why}")
+    ids = {}
+    for im in coco.dataset["images"]:
+        name = Path(im["file_name"]).name
+        ids.setdefault(Path(name).stem, im["id"])
+        ids.setdefault(name, im["id"])
     return coco, ids
+
+
+def _not_scorable(d: dict) -> str | None:
+    """Why COCOeval cannot score against ground truth `d`, None if it can: it finds masks by
+    their 'id' and, where the file lists categories, by their 'category_id' (training needs
+    neither)."""
+    cats = d.get("categories")
+    if cats is not None and not isinstance(cats, list):
+        return "'categories' must be a list"
+    for j, c in enumerate(cats or []):
+        if not isinstance(c, dict) or "id" not in c:
+            return f"categories[{j}] has no 'id'"
+    for j, a in enumerate(d.get("annotations", [])):
+        for k in ("id", "category_id") if cats is not None else ("id",):
+            if k not in a:
+                return f"annotations[{j}] has no '{k}' (COCOeval needs one)"
+    return None
 
 
 def coco_ap(gt, results: list[dict], image_ids: list, use_categories: bool) -> dict:

@@ -4,6 +4,8 @@
                  the image settings a checkpoint was trained with
     files        reading files with messages that name them; one atomic write
     masks        mask IoU, one random pixel inside each mask
+    images       images and label PNGs read, resized and checked (size, cut-off files)
+    demo         the synthetic demo datasets (images, videos)
 
 Nothing here imports a root script but model.py (tests/test_imports.py checks it).
 """

@@ -25,6 +25,7 @@ from test_data import (
 )
 
 import data
+import layouts.base
 from data import DataError
 
 # ----------------------------------------------------------------------------- SA-1B
@@ -347,7 +348,7 @@ def test_labelme_image_data_used_when_image_absent(tmp_path):
 
 
 def test_instances_per_image_capped_and_counted(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_INSTANCES", 3)
+    monkeypatch.setattr(layouts.base, "MAX_INSTANCES", 3)
     h, w = 12, 16
     write(tmp_path / "a.jpg", noise_image(h, w))
     anns = [
