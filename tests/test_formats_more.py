@@ -166,3 +166,31 @@ def test_results_beside_gt_load_with_pycocotools(tmp_path, monkeypatch, capsys):
         ("17.jpg", 17),
         ("extra.jpg", "extra"),
     ]
+
+
+def test_gt_is_read_by_the_training_coco_reader(tmp_path):
+    """--gt goes through layouts.coco.index_coco, the reader train.py uses: its per-entry
+    messages, its orphan warning, and pycocotools' index over what it kept; COCOeval's own
+    needs (annotation ids, category ids where categories are listed) are named."""
+    im = {"id": 1, "file_name": "a.jpg", "width": 8, "height": 6}
+    ann = {"id": 5, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 5, 1, 5, 4]]}
+    gt = {"images": [im], "annotations": [ann], "categories": [{"id": 1}]}
+
+    def load(d):
+        path = tmp_path / "gt.json"
+        path.write_text(json.dumps(d))
+        return load_coco(path)
+
+    with pytest.raises(DataError, match=r"--gt .*gt\.json: .*images\[0\] needs an 'id'"):
+        load(gt | {"images": [{"file_name": "a.jpg"}]})
+    with pytest.raises(DataError, match=r"image id 1: 'width' must be a positive integer"):
+        load(gt | {"images": [im | {"width": "8"}]})
+    with pytest.raises(DataError, match=r"annotations\[0\] has no 'category_id'"):
+        load(gt | {"annotations": [{k: v for k, v in ann.items() if k != "category_id"}]})
+    with pytest.raises(DataError, match=r"annotations\[0\] has no 'id'"):
+        load(gt | {"annotations": [{k: v for k, v in ann.items() if k != "id"}]})
+    orphan = ann | {"id": 6, "image_id": 9}
+    with pytest.warns(UserWarning, match=r"skipped 1 annotations .*annotation id 6 \(image_id 9\)"):
+        coco, ids = load(gt | {"annotations": [ann, orphan]})
+    assert ids == {"a": 1, "a.jpg": 1} and [a["id"] for a in coco.imgToAnns[1]] == [5]
+    assert coco.getAnnIds(imgIds=[1], catIds=[1]) == [5] and len(coco.dataset["annotations"]) == 2
