@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from data import DataError
+from plumbing.files import write_atomic
 
 
 @dataclass
@@ -313,10 +313,10 @@ def coco_record(image_id, file_name: str, mask_rle: dict, score: float, category
 
 
 def write_json(path: Path, obj) -> Path:
-    """json.dump to path.part, then rename: a crash never leaves half a file."""
-    part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(obj))
-    os.replace(part, path)
+    """json.dumps(obj) written atomically (plumbing.files.write_atomic): a crash never leaves
+    half a file."""
+    text = json.dumps(obj)
+    write_atomic(path, lambda f: f.write(text.encode()))
     return path
 
 

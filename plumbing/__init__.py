@@ -4,6 +4,10 @@
                  the image settings a checkpoint was trained with
     files        reading files with messages that name them; one atomic write
     masks        mask IoU, one random pixel inside each mask
+    checkpoints  the run folder's lock, the --resume rules, what model.pt holds, atomic saves
+    stopping     SIGINT / SIGTERM: save the step, then Stopped with its message
+    ddp          torchrun set-up, values all ranks agree on, means over ranks
+    runlog       log.csv and curves.png
 
 Nothing here imports a root script but model.py (tests/test_imports.py checks it).
 """
