@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from layouts.coco import index_coco
-from plumbing.files import DataError
+from plumbing.files import DataError, write_atomic
 
 
 @dataclass
@@ -372,10 +371,10 @@ def coco_record(image_id, file_name: str, mask_rle: dict, score: float, category
 
 
 def write_json(path: Path, obj) -> Path:
-    """json.dump to path.part, then rename: a crash never leaves half a file."""
-    part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(obj))
-    os.replace(part, path)
+    """json.dumps(obj) written atomically (plumbing.files.write_atomic): a crash never leaves
+    half a file."""
+    text = json.dumps(obj)
+    write_atomic(path, lambda f: f.write(text.encode()))
     return path
 
 

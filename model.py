@@ -17,8 +17,9 @@ import http.client
 import os
 import pickle
 import re
+import shutil
 import sys
-import tempfile
+import urllib.request
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from plumbing.files import write_atomic
 
 # name -> (config bundled in the sam2 package, file name, Meta's URL)
 _BASE_21 = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
@@ -134,27 +137,45 @@ def autocast(device: torch.device) -> contextlib.ExitStack:
     return stack
 
 
+@contextlib.contextmanager
+def evaluating(module: torch.nn.Module):
+    """`module` in eval mode for the `with` block: each submodule's training flag is saved,
+    eval() set, and every flag restored on the way out (a frozen encoder stays in eval mode)."""
+    modes = [m.training for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, mode in zip(module.modules(), modes):
+            m.train(mode)
+
+
 def download(url: str, dest: Path) -> Path:
     """Download `url` to `dest` with a progress bar; a failed or cut-off download never sits
     at `dest`. Raises CheckpointError saying how to go on offline."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    os.close(fd)  # unique name, so parallel ranks downloading the same file do not collide
-    try:
-        torch.hub.download_url_to_file(url, tmp)
+    from tqdm import tqdm
+
+    def fetch(f) -> None:
+        # torch.hub's user agent, which Meta's server has always been asked with
+        request = urllib.request.Request(url, headers={"User-Agent": "torch.hub"})
+        with urllib.request.urlopen(request) as r:
+            size = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm.wrapattr(f, "write", total=size) as out:
+                shutil.copyfileobj(r, out)
         # A dropped connection can end the transfer without an error; torch's files are zips,
         # and a cut-off zip lacks its closing directory.
-        if not zipfile.is_zipfile(tmp):
+        if not zipfile.is_zipfile(f):
             raise OSError("the download is incomplete or not a PyTorch checkpoint")
-        os.replace(tmp, dest)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:  # a unique part file: parallel ranks downloading the same file do not collide
+        write_atomic(dest, fetch)
     except (OSError, http.client.HTTPException) as e:
         raise CheckpointError(
             f"could not download {url} ({e}).\n"
             f"Without internet, fetch that file elsewhere and put it at {dest}, or pass "
             f"--checkpoint PATH (or --checkpoint none for random weights)."
         ) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return dest
 
 

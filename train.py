@@ -28,18 +28,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import csv
 import ctypes
 import dataclasses
-import fcntl
 import json
 import math
 import os
-import shutil
-import signal
 import sys
-import tempfile
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -61,16 +55,36 @@ from model import (
     check_fits,
     encode_frames,
     encode_images,
+    evaluating,
     freeze_for_finetune,
     freeze_for_video,
     load_model,
-    load_tensors,
     plain_warnings,
     predict_logits,
     resolve_checkpoint,
-    resolve_device,
     upscale_logits,
 )
+from plumbing import checkpoints
+from plumbing.checkpoints import (  # noqa: F401 (tests and notebooks use them as train.X)
+    RESUME_IGNORES,
+    RESUME_MAY_CHANGE,
+    SaveError,
+    claim_out,
+    match_model_pt,
+    read_checkpoint,
+    resume_changes,
+    save_atomic,
+)
+from plumbing.cli import as_flag, flag  # noqa: F401
+from plumbing.ddp import (
+    agreed,
+    check_replicas,
+    gather_generators,
+    mean_over_ranks,
+    setup_distributed,
+)
+from plumbing.runlog import LOG_FIELDS, open_log, plot_curves  # noqa: F401
+from plumbing.stopping import Stopped, StopSignals, stop_message
 from recipes import MAX_CLICKS, RECIPES, Batch, mask_iou, uniform_points
 
 
@@ -182,10 +196,6 @@ VIDEO |= dict(accumulate=8)
 VIDEO_DEMO = dict(data="demo_videos", out="runs/demo_video", batch_size=1, frames=2, objects=2)
 VIDEO_DEMO |= dict(clicks=1, steps=6, eval_every=0, save_every=3, log_every=1, eval_clicks=1)
 VIDEO_DEMO |= dict(accumulate=1)
-
-
-def flag(name: str) -> str:
-    return name.replace("_", "-")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,123 +322,6 @@ def lean_cpu_heap() -> None:
     more page faults (about 20% more CPU time)."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
         ctypes.CDLL(None).mallopt(-3, 8 << 20)  # -3: M_MMAP_THRESHOLD
-
-
-def setup_distributed(device_flag: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device). Under torchrun: one process per GPU (NCCL) or CPU (gloo)."""
-    device = resolve_device(device_flag)
-    if "RANK" not in os.environ:
-        return 0, 1, device
-    rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-def claim_out(out: Path, resume: bool):
-    """Create --out and lock it for this run (a second run on it refuses at once; the kernel
-    drops the lock when this process ends, however it ends). Returns the open lock file."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        lock = open(out / ".lock", "a+")
-    except OSError as e:
-        raise SystemExit(
-            f"error: --out {out} is not a writable folder ({e.strerror or e})"
-        ) from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        raise SystemExit(
-            f"error: {out} is in use by another train.py (pid {lock.read().strip() or '?'}): "
-            "wait for it to end, or choose another --out"
-        ) from None
-    lock.truncate(0)
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
-    for part in out.glob("*.part"):  # left by a run killed mid-save; nobody else writes here
-        warnings.warn(f"removing {part}, a half-written file from an interrupted save")
-        part.unlink()
-    if (out / "checkpoint.pt").exists() and not resume:
-        raise SystemExit(
-            f"error: {out / 'checkpoint.pt'} exists: pass --resume to continue that run, or "
-            "choose another --out (nothing was overwritten)"
-        )
-    return lock
-
-
-# What --resume may change: how long, how often and on what hardware the same training goes
-# on. Every other Config field must equal the checkpoint's, so a field added later is refused
-# until it is listed here; IGNORED ones only say how this process was started.
-RESUME_MAY_CHANGE = {"steps", "minutes", "lr", "weight_decay", "save_every", "eval_every"}
-RESUME_MAY_CHANGE |= {"log_every", "device", "workers", "cache", "encode_batch"}
-RESUME_MAY_CHANGE |= {"lr_schedule", "clip_grad"}  # optimizer settings, read at every step
-RESUME_IGNORES = {"out", "resume", "demo", "ignore_memory"}
-
-
-def as_flag(name: str, value) -> str:
-    """How `value` of Config field `name` is typed on the command line."""
-    if value is None or value is False:
-        return f"no --{flag(name)}"
-    return f"--{flag(name)}" if value is True else f"--{flag(name)} {value}"
-
-
-def resume_changes(saved: dict, cfg: Config) -> tuple[list[tuple], list[tuple]]:
-    """(refused, allowed) lists of (field, checkpoint's value, cfg's value): where `cfg`
-    differs from a checkpoint's config `saved` (a field it lacks counts as the default)."""
-    refused, allowed = [], []
-    for f in dataclasses.fields(cfg):
-        old, new = saved.get(f.name, f.default), getattr(cfg, f.name)
-        if f.name in RESUME_IGNORES or old == new:
-            continue
-        if f.name in ("data", "checkpoint") and None not in (old, new):
-            with contextlib.suppress(OSError):  # the same files, named another way
-                if os.path.samefile(old, new):
-                    continue
-        (allowed if f.name in RESUME_MAY_CHANGE else refused).append((f.name, old, new))
-    return refused, allowed
-
-
-def read_checkpoint(path: Path, cfg: Config, say: bool = True) -> dict:
-    """checkpoint.pt's contents (read once). Refused (SystemExit naming each difference) when
-    `cfg` changes what the run trains; the changes RESUME_MAY_CHANGE allows are printed."""
-    try:
-        ck = load_tensors(path)
-        saved = ck["config"]
-    except CheckpointError:
-        raise
-    except Exception as e:  # torch raises many types for a corrupt or foreign file
-        raise CheckpointError(f"cannot resume from {path}: {e}") from None
-    refused, allowed = resume_changes(saved, cfg)
-    if refused:
-        raise SystemExit(
-            f"error: --resume cannot change what {path} trains:\n"
-            + "".join(
-                f"  --{flag(k)}: {old} in the checkpoint, {new} now\n" for k, old, new in refused
-            )
-            + "To continue that run, give its values ("
-            + ", ".join(as_flag(k, old) for k, old, _ in refused)
-            + "); to train with the new ones, start a new run with another --out."
-        )
-    if allowed and say:
-        changes = ", ".join(f"--{flag(k)} {old} -> {new}" for k, old, new in allowed)
-        print(f"resume: {changes}", file=sys.stderr)
-    return ck
-
-
-def match_model_pt(out: Path, ck: dict) -> None:
-    """Make model.pt hold checkpoint.pt's step (they differ only after a stop between the
-    renames of one save): write it again from checkpoint.pt's weights."""
-    path = out / "model.pt"
-    try:
-        step = load_tensors(path, mmap=True)["step"]
-    except Exception:  # missing or unreadable: written again all the same
-        step = None
-    if step != ck["step"]:
-        warnings.warn(f"{path} held step {step}, not checkpoint.pt's {ck['step']}: rewritten")
-        save_atomic({k: ck[k] for k in ("model", "model_name", "config", "step")}, path)
 
 
 def demo_checkpoint(cfg: Config) -> str | None:
@@ -795,27 +688,25 @@ def evaluate(
     Video: J&F of the first-frame-mask protocol."""
     if isinstance(cache, ClipCache):
         return video_eval(sam, cache, device, world)["jf_mask"]
-    modes = [m.training for m in sam.modules()]
-    sam.eval()
     total, count = 0.0, 0
-    for i in cache.ids:
-        (im,) = cache.get([i])
-        for s in range(0, len(im.masks), chunk):
-            pts = im.points[s : s + chunk].float()
-            zeros = torch.zeros(len(pts), dtype=torch.long, device=device)
-            with autocast(device):
-                low_res, scores = predict_logits(sam, im.feats, zeros, pts, torch.tensor([im.hw]))
-            pick = scores.argmax(1) if recipe == "interactive" else torch.zeros_like(zeros)
-            shown = low_res[torch.arange(len(pts), device=device), pick][:, None]
-            pred = upscale_logits(shown, im.hw)[:, 0] > 0
-            total += mask_iou(pred, im.masks[s : s + chunk]).sum().item()
-            count += len(pts)
-    if world > 1:
-        t = torch.tensor([total, count], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        total, count = t.tolist()
-    for m, mode in zip(sam.modules(), modes):
-        m.train(mode)
+    with evaluating(sam):
+        for i in cache.ids:
+            (im,) = cache.get([i])
+            for s in range(0, len(im.masks), chunk):
+                pts = im.points[s : s + chunk].float()
+                zeros = torch.zeros(len(pts), dtype=torch.long, device=device)
+                sizes = torch.tensor([im.hw])
+                with autocast(device):
+                    low_res, scores = predict_logits(sam, im.feats, zeros, pts, sizes)
+                pick = scores.argmax(1) if recipe == "interactive" else torch.zeros_like(zeros)
+                shown = low_res[torch.arange(len(pts), device=device), pick][:, None]
+                pred = upscale_logits(shown, im.hw)[:, 0] > 0
+                total += mask_iou(pred, im.masks[s : s + chunk]).sum().item()
+                count += len(pts)
+        if world > 1:
+            t = torch.tensor([total, count], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            total, count = t.tolist()
     return total / count if count else float("nan")
 
 
@@ -825,224 +716,19 @@ def click_eval(sam, cache: FeatureCache, ctx: Context, max_clicks: int) -> dict:
         return video_eval(sam, cache, ctx.device, ctx.world, ("mask", "click"), ctx.rank == 0)
     items = ((im.feats, im.masks, im.hw) for im in (cache.get([i])[0] for i in cache.ids))
     m = evaluate_features(sam, items, max_clicks, progress=ctx.rank == 0, total=len(cache.ids))
-    if ctx.world > 1:
-        keys = [k for k in m if k not in ("masks", "max_clicks")]
-        t = torch.tensor([m["masks"], *(m[k] * m["masks"] for k in keys)], device=ctx.device)
-        dist.all_reduce(t.nan_to_num_(0.0))
-        m |= {"masks": int(t[0])} | {k: float(v / t[0]) for k, v in zip(keys, t[1:])}
-    return m
+    return mean_over_ranks(m, ctx.world, ctx.device)
 
 
 # ----------------------------------------------------------------------------- checkpoints
 
 
-class SaveError(RuntimeError):
-    """A checkpoint could not be written (disk full, I/O error, no permission)."""
-
-
-def write_part(obj, path: Path) -> Path:
-    """torch.save `obj` to a new PATH.*.part file beside `path`, on disk when this returns
-    (removed again if writing fails). os.replace(part, path) then puts it in place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    try:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from the group
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace: a crash mid-write
-    leaves the previous file intact."""
-    path = Path(path)
-    os.replace(write_part(obj, path), path)
-
-
-def os_error(e: BaseException | None) -> OSError | None:
-    """The OSError behind `e` (torch.save reports a failed write as a RuntimeError)."""
-    while e is not None and not isinstance(e, OSError):
-        e = e.__cause__ or e.__context__
-    return e
-
-
-def save_failed(path: Path, e: BaseException) -> SaveError:
-    """The one-line message of a failed write of `path`: why, free space, what is intact."""
-    reason = os_error(e)
-    free = shutil.disk_usage(path.parent).free
-    free = f"{free / 2**30:.1f} GiB" if free >= 2**30 else f"{free / 2**20:.1f} MiB"
-    ck = path.parent / "checkpoint.pt"
-    kept = (
-        f"{ck} from before is intact; make room, then --resume" if ck.exists() else "nothing saved"
-    )
-    return SaveError(
-        f"could not write {path} ({reason.strerror or reason}; {free} free there): {kept}"
-    )
-
-
-def gather_generators(gen: torch.Generator, world: int) -> list[torch.Tensor]:
-    """Every rank's generator state (all ranks must call this), so each resumes as its own."""
-    if world == 1:
-        return [gen.get_state()]
-    states: list = [None] * world
-    dist.all_gather_object(states, gen.get_state())
-    return states
-
-
 def save_checkpoint(
     out: Path, sam, opt, scaler, cfg: Config, state: State, gens: list, best: bool = False
 ) -> None:
-    """checkpoint.pt (resumable) and model.pt (SAM 2 format); best.pt too when `best`.
-
-    All files are written in full before any is put in place, so a failed write (SaveError,
-    naming the file) or a stop leaves every previous file as it was; checkpoint.pt and model.pt
-    always hold the same step (match_model_pt repairs a kill between their renames)."""
-    sd = {k: v.detach().cpu() for k, v in sam.state_dict().items()}
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise RuntimeError(f"refusing to save non-finite weights at step {state.step}: {bad[:3]}")
-    meta = {"model_name": cfg.model, "config": dataclasses.asdict(cfg), "step": state.step}
-    resume = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "gen_states": gens}
-    weights = {"model": sd, **meta}
-    files = {"model.pt": weights, "best.pt": weights} if best else {"model.pt": weights}
-    files["checkpoint.pt"] = {**weights, **resume, "state": dataclasses.asdict(state)}
-    parts = {}
-    try:
-        for name, obj in files.items():
-            parts[name] = write_part(obj, out / name)
-    except BaseException as e:
-        for part in parts.values():
-            part.unlink()
-        if isinstance(e, (OSError, RuntimeError)) and os_error(e):
-            raise save_failed(out / name, e) from None
-        raise
-    # best.pt first: should a kill fall between these renames, the resumed run redoes that step
-    # and writes the same best.pt again (the other way round, it would keep an older best.pt)
-    for name in ("best.pt", "checkpoint.pt", "model.pt"):
-        if name in parts:
-            os.replace(parts[name], out / name)
-
-
-# ----------------------------------------------------------------------------- logging
-
-LOG_FIELDS = ["step", "loss", "train_iou", "val_iou", "lr", "seconds"]
-
-
-def open_log(path: Path, resume_step: int):
-    """log.csv, keeping the rows up to `resume_step` (later ones were never checkpointed)."""
-    rows = []
-    if resume_step > 0 and path.exists():
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-    f = open(path, "w", newline="")
-    w = csv.DictWriter(f, LOG_FIELDS)
-    w.writeheader()
-    w.writerows(rows)
-    f.flush()
-    return f, w
-
-
-def plot_curves(log_path: Path, png: Path) -> None:
-    """curves.png: training loss and train/val IoU against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(log_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-
-    def series(key):
-        pts = [(int(r["step"]), float(r[key])) for r in rows if r[key] not in ("", None)]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(*series("loss"))
-    a.set(xlabel="step", ylabel="loss", title="training loss")
-    b.plot(*series("train_iou"), label="train (running)")
-    b.plot(*series("val_iou"), "o-", label="validation")
-    b.set(xlabel="step", ylabel="IoU", title="mask IoU", ylim=(0, 1))
-    b.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-
-
-# ----------------------------------------------------------------------------- stops
-
-
-class Stopped(KeyboardInterrupt):
-    """train() ended by SIGINT or SIGTERM (a KeyboardInterrupt, as Ctrl-C is in a notebook);
-    its text says which step checkpoint.pt holds. main() exits with 128 + signum."""
-
-    def __init__(self, signum: int, text: str = "", at_once: bool = False):
-        super().__init__(text)
-        self.signum, self.at_once = signum, at_once
-
-
-class StopSignals:
-    """SIGINT (Ctrl-C) and SIGTERM (Slurm, Kubernetes, docker stop, systemd) during train().
-
-    While not `deferred` (setting up, evaluating) a signal raises Stopped wherever the program
-    is: no trained step is lost. While `deferred` (the training loop) it only sets `signum`;
-    the loop saves the step it is on and raises Stopped itself. A second Ctrl-C raises at once.
-    Outside the main thread, where Python cannot catch signals, it does nothing."""
-
-    def __init__(self):
-        self.signum, self.deferred, self.raised, self.old = 0, False, False, {}
-        self.rank, self.state = 0, None  # for the message: who speaks, where training is
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.old.items():
-            signal.signal(s, handler)
-
-    def handle(self, signum: int, frame) -> None:
-        again, self.signum = self.signum != 0, self.signum or signum
-        if not self.raised and (not self.deferred or (again and signum == signal.SIGINT)):
-            self.raised = True  # later signals must not interrupt the way out
-            if self.rank == 0:
-                os.write(2, b"\n")  # end a progress bar's line: the message comes on its own
-            raise Stopped(signum, at_once=again)
-        if self.deferred and not again and self.rank == 0:  # os.write: print is not reentrant
-            name = signal.Signals(signum).name
-            os.write(2, f"\n{name}: saving after this step (Ctrl-C again: stop at once)\n".encode())
-
-
-def agreed(value: int, ctx: Context) -> int:
-    """The largest `value` over all ranks, on every rank: what one rank saw (a signal, the
-    clock), all act on at the same step."""
-    if ctx.world == 1:
-        return value
-    t = torch.tensor([int(value)], device=ctx.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t)
-
-
-def stop_message(e: Stopped, cfg: Config, step: int | None) -> str:
-    """'stopped at step N (SIGTERM); OUT/checkpoint.pt holds step N; resume with --resume'."""
-    path = Path(cfg.out) / "checkpoint.pt"
-    name = signal.Signals(e.signum).name
-    stopped, why = (
-        ("stopped at once", f"(second {name})") if e.at_once else ("stopped", f"({name})")
+    """plumbing.checkpoints.save_checkpoint of this run's Config and State (see there)."""
+    checkpoints.save_checkpoint(
+        out, sam, opt, scaler, dataclasses.asdict(cfg), dataclasses.asdict(state), gens, best
     )
-    try:
-        saved = load_tensors(path, mmap=True)["step"]
-    except Exception:  # no checkpoint.pt (yet)
-        return f"{stopped} {why} before anything was saved: nothing to resume"
-    where = "before training" if step is None else f"at step {step}"
-    end = "resume with --resume" if saved < cfg.steps else "its training is complete"
-    return f"{stopped} {where} {why}; {path} holds step {saved}; {end}"
 
 
 # ----------------------------------------------------------------------------- the run
@@ -1084,7 +770,7 @@ def fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
     last, t_train = cfg.steps, time.time()  # --minutes counts training, not the base model's eval
     try:
         while True:
-            if signum := agreed(stops.signum, ctx):  # on every rank at the same step
+            if signum := agreed(stops.signum, ctx.world, ctx.device):  # all ranks, same step
                 if saved != state.step:
                     save(best=False)
                 stops.raised = True  # saved: a later signal need not cut the way out short
@@ -1106,7 +792,8 @@ def fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
                 loss, iou = train_step(trainer, batch, opt, scaler, cfg, gen, ctx.device)
             state.step += 1
             bar.update(1)
-            if cfg.minutes and agreed(time.time() - t_train > 60 * cfg.minutes, ctx):
+            late = time.time() - t_train > 60 * cfg.minutes
+            if cfg.minutes and agreed(late, ctx.world, ctx.device):
                 last = state.step
             if loss is None:
                 bad += 1
@@ -1175,17 +862,6 @@ def no_score_reason(cfg: Config, val_set) -> str:
     )
 
 
-def check_replicas(sam) -> None:
-    """DDP keeps replicas identical; verify it (cheaply, by per-tensor sums) before finishing."""
-    sums = torch.stack([p.detach().double().sum() for p in sam.parameters() if p.requires_grad])
-    ref = sums.clone()
-    dist.broadcast(ref, 0)
-    if not torch.allclose(sums, ref, rtol=0, atol=1e-9):
-        raise RuntimeError(f"rank {dist.get_rank()}: weights drifted from rank 0")
-    if dist.get_rank() == 0:
-        print("replicas identical across ranks", file=sys.stderr)
-
-
 def train(cfg: Config) -> dict:
     """Run (or resume) a fine-tune as configured. Returns a summary (rank 0's view): step,
     first_iou, best_iou, out and the trained model. On SIGINT or SIGTERM it saves the step it
@@ -1194,7 +870,8 @@ def train(cfg: Config) -> dict:
         try:
             return run_training(cfg, stops)
         except Stopped as e:
-            text = stop_message(e, cfg, stops.state and stops.state.step) if stops.rank == 0 else ""
+            step = stops.state and stops.state.step
+            text = stop_message(e, cfg.out, cfg.steps, step) if stops.rank == 0 else ""
             raise Stopped(e.signum, text, e.at_once) from None
 
 
@@ -1370,7 +1047,7 @@ def check_video_memory(cfg: Config, ctx: Context, image_size: int) -> None:
     process without a message (CPU) or CUDA runs out mid-step. --ignore-memory: only warn."""
     per = object_frame_bytes(ctx.device, image_size)
     need, free = video_step_bytes(cfg, per), free_bytes(ctx.device)
-    if not agreed(need > free, ctx):  # every process refuses if one would run out
+    if not agreed(need > free, ctx.world, ctx.device):  # every process refuses if one would run out
         return
     where = "GPU memory" if ctx.device.type == "cuda" else "RAM (fp32 on the CPU)"
     text = (

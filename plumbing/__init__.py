@@ -6,6 +6,10 @@
     masks        mask IoU, one random pixel inside each mask
     images       images and label PNGs read, resized and checked (size, cut-off files)
     demo         the synthetic demo datasets (images, videos)
+    checkpoints  the run folder's lock, the --resume rules, what model.pt holds, atomic saves
+    stopping     SIGINT / SIGTERM: save the step, then Stopped with its message
+    ddp          torchrun set-up, values all ranks agree on, means over ranks
+    runlog       log.csv and curves.png
 
 Nothing here imports a root script but model.py (tests/test_imports.py checks it).
 """

@@ -51,17 +51,18 @@ def read_lines(path: Path) -> list[str]:
 
 
 def write_part(path: str | Path, write: Callable[[BinaryIO], object], sync: bool = True) -> Path:
-    """`write(f)` into a new PATH.*.part file beside `path`, opened for binary writing (a unique
-    name: parallel writers do not collide), on disk when this returns (sync), removed again if
-    writing fails. os.replace(part, path) then puts it in place. The part file gets the umask's
-    permissions, not mkstemp's 0600, which would hide a model from the group."""
+    """`write(f)` into a new PATH.*.part file beside `path`, opened for binary writing and
+    reading (a writer may check what it wrote; a unique name: parallel writers do not collide),
+    on disk when this returns (sync), removed again if writing fails. os.replace(part, path)
+    then puts it in place. The part file gets the umask's permissions, not mkstemp's 0600,
+    which would hide a model from the group."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
     try:
         umask = os.umask(0o022)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "w+b") as f:
             write(f)
             f.flush()
             if sync:
