@@ -308,12 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     add_data_flags(p)
     defaults = Options()
     p.set_defaults(
-        complex=defaults.complex, crowd_instances=defaults.crowd, ignore_index=defaults.ignore_index
-    )
-    p.add_argument(
-        "--stuff-instances",
-        action="store_true",
-        help="COCO panoptic: stuff segments (isthing 0) are instances too (datumaro marks all so)",
+        complex=defaults.complex,
+        crowd_instances=defaults.crowd,
+        ignore_index=defaults.ignore_index,
+        stuff_instances=defaults.stuff,
     )
     args = p.parse_args(argv)
     if not (args.data or args.make_demo or args.make_video_demo):

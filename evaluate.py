@@ -19,6 +19,8 @@ with the highest predicted IoU, as a user would be shown.
     box mIoU mean IoU from the ground-truth bounding box as the only prompt
 
 The image encoder runs once per image; every click is a decoder pass on its cached features.
+Images are read as the checkpoint's run read them (its --max-side, --min-area, --crowd-instances,
+--ignore-index; a flag overrides), so a run's eval.json is reproduced on the same masks.
 Results are printed and written to --out (eval.json).
 """
 
@@ -39,21 +41,19 @@ from sam2.utils.misc import mask_to_box
 import data
 import model
 from model import Features, autocast, decode, encode_images, upscale_logits
+from plumbing.cli import add_trained_flags, apply_trained, pick_model
+from plumbing.masks import mask_iou
 
 CURVE_AT = (1, 3, 5)  # mIoU reported after these many clicks
 NOC_AT = (0.85, 0.90)
 MAX_CLICKS = 50  # --max-clicks at most: SAM and RITM report NoC within 20
+# How images are read where the checkpoint does not say (train.py's defaults)
+TRAINED_DEFAULTS = {"max_side": 1024, "min_area": 16, "crowd_instances": False, "ignore_index": 255}
+TRAINED_DEFAULTS |= {"stuff_instances": False}
 
 # predict(points (N, K, 2) | None, labels (N, K) | None, boxes (N, 4) | None, state)
 #   -> (masks (N, H, W) bool, state); state is None on the first call of a sequence
 Predictor = Callable[[Any, Any, Any, Any], tuple[np.ndarray, Any]]
-
-
-def mask_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """(N, H, W) bool x2 -> (N,) IoU (0 when both are empty)."""
-    inter = (pred & gt).reshape(len(gt), -1).sum(1)
-    union = (pred | gt).reshape(len(gt), -1).sum(1)
-    return inter / np.maximum(union, 1)
 
 
 def _depth(region: np.ndarray) -> np.ndarray:
@@ -267,18 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-clicks", type=int, default=20, help=f"clicks per mask at most, 1-{MAX_CLICKS}"
     )
-    p.add_argument(
-        "--crowd-instances", action="store_true", help="COCO: crowd regions are instances (CVAT)"
-    )
-    p.add_argument(
-        "--ignore-index",
-        type=int,
-        default=255,
-        help="label PNG value that is no instance; -1: none",
-    )
-    p.add_argument(
-        "--stuff-instances", action="store_true", help="COCO panoptic: stuff segments are instances"
-    )
+    add_trained_flags(p.add_argument_group("how images are read"), TRAINED_DEFAULTS)
     p.add_argument("--out", default="eval.json", help="where to write the results")
     args = p.parse_args(argv)
     if not 1 <= args.max_clicks <= MAX_CLICKS:  # each click: a decoder pass per mask
@@ -293,22 +282,16 @@ def main(argv: list[str] | None = None) -> dict:
         device = model.resolve_device(args.device)
         video = data.detect_format(args.data) == "video"  # DAVIS / YouTube-VOS / MOSE: J&F
         load = data.load_videos if video else data.load_split
-        kw = (
-            {}
-            if video
-            else dict(
-                crowd=args.crowd_instances,
-                ignore_index=args.ignore_index,
-                stuff=args.stuff_instances,
-            )
-        )
+        kw = {}
+        if not video:  # the validation set train.py scored: its image settings, unless given
+            apply_trained(args, args.checkpoint, TRAINED_DEFAULTS)
+            kw = dict(max_side=args.max_side, min_area=args.min_area)
+            kw |= dict(crowd=args.crowd_instances, ignore_index=args.ignore_index)
+            kw |= dict(stuff=args.stuff_instances)
         ds = load(args.data, args.split, **kw)  # before the model: bad paths fail fast
         for note in getattr(ds, "notes", []):
             print(note, file=sys.stderr)  # e.g. "test: 18 crowd (iscrowd=1) annotations skipped"
-        name = args.model
-        if name is None:
-            is_file = args.checkpoint and Path(args.checkpoint).is_file()
-            name = (model.model_name_in(args.checkpoint) if is_file else None) or "small"
+        name = pick_model(args.model, args.checkpoint)
         sam = model.load_model(name, args.checkpoint, device).eval()
         pairs = ((s.image, s.masks) for s in (ds[i] for i in range(len(ds))) if s and len(s.masks))
         if video:

@@ -67,11 +67,12 @@ from model import (
     decode,
     encode_images,
     load_model,
-    model_name_in,
     plain_warnings,
     resolve_device,
     upscale_logits,
 )
+from plumbing import cli
+from plumbing.cli import add_trained_flags, apply_trained, bounded_int, fraction
 
 __all__ = [
     "colorize",
@@ -84,7 +85,8 @@ __all__ = [
     "stitch",
 ]
 
-MAX_SIDE = 1024  # the size SAM 2 sees and train.py trains at
+# Where the checkpoint does not say: the size SAM 2 sees (train.py's default), no void value
+TRAINED_DEFAULTS = {"max_side": 1024, "ignore_index": -1}
 MAX_ID = np.iinfo(np.uint16).max
 NOT_IN_GT = "coco_results_not_in_gt.json"  # masks of images a --gt JSON lacks
 UPSCALE_PIXELS = 1 << 25  # mask pixels upscaled at once (128 MB of logits): bounds big images
@@ -127,20 +129,26 @@ def grid_points(region: np.ndarray, k: int) -> np.ndarray:
 
 
 def predict_prompts(
-    sam, image: np.ndarray, coords: np.ndarray, labels: np.ndarray, batch: int = 64
+    sam,
+    image: np.ndarray,
+    coords: np.ndarray,
+    labels: np.ndarray,
+    batch: int = 64,
+    max_side: int = 1024,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """One mask per prompt on one image.
 
-    image (H, W, 3) uint8 RGB; coords (M, K, 2) float (x, y) in its pixels; labels (M, K) int:
-    1 click, 2 and 3 a box's top-left and bottom-right corner. A lone click, being ambiguous,
-    gets SAM's first multimask output; a box gets its single output.
+    image (H, W, 3) uint8 RGB, encoded resized to `max_side` (as train.py saw its images);
+    coords (M, K, 2) float (x, y) in its pixels; labels (M, K) int: 1 click, 2 and 3 a box's
+    top-left and bottom-right corner. A lone click, being ambiguous, gets SAM's first multimask
+    output; a box gets its single output.
     Returns low-res logits (M, 256, 256) float32 on sam's device and scores (M,) float32.
     """
     device = next(sam.parameters()).device
     sizes = torch.tensor([image.shape[:2]], device=device)
     logits, scores = [], []
     with torch.inference_mode(), autocast(device):
-        feats = encode_images(sam, [resize_longest(image, MAX_SIDE)])  # what train.py sees
+        feats = encode_images(sam, [resize_longest(image, max_side)])  # what train.py sees
         # chunks bound the decoder's memory: every prompt gets its own copy of the features
         prompts = zip(torch.from_numpy(coords).split(batch), torch.from_numpy(labels).split(batch))
         bar = tqdm(prompts, "decode", -(-len(coords) // batch), **progress(len(coords)))
@@ -281,6 +289,7 @@ def segment(
     batch_points: int = 64,
     boxes: np.ndarray | None = None,
     records: list | None = None,
+    max_side: int = 1024,
 ) -> np.ndarray:
     """Segment the objects of one image with a loaded SAM 2 (see load_model).
 
@@ -289,7 +298,8 @@ def segment(
     over the image kept where inside the region, or `boxes` (N, 4) x0, y0, x1, y1 in pixels
     (clipped to the image; more than MAX_PROMPTS are done that many at a time, in their
     order). Masks scored under `min_score` are dropped. `records`, a list, gets one dict per
-    mask (see stitch_recorded; "prompt" indexes the points or `boxes`).
+    mask (see stitch_recorded; "prompt" indexes the points or `boxes`). The model sees the
+    image resized to `max_side` (train.py's --max-side); masks come back at its own size.
     Returns (H, W) uint16 label map, 0 = background.
     """
     hw = image.shape[:2]
@@ -314,7 +324,7 @@ def segment(
         for start in range(0, len(coords), MAX_PROMPTS):
             part = slice(start, start + MAX_PROMPTS)
             c, lab = coords[part].astype(np.float32), labels[part]
-            logits, scores = predict_prompts(sam, image, c, lab, batch_points)
+            logits, scores = predict_prompts(sam, image, c, lab, batch_points, max_side)
             order = ranked(scores, min_score)
             for i, m in zip(order, full_size_masks(logits, hw, order)):
                 yield prompt_ids[start + i], scores[i], m
@@ -506,10 +516,13 @@ class Job:
     boxes: Boxes | None = None  # from --boxes, as read (fractions of the size for YOLO txt)
 
 
-def load_job(job: Job, gt_labpics: bool = False, dropped: list | None = None):
-    """Read a job's files -> image (H, W, 3) uint8, region (H, W) bool | None, gt | None and
-    its boxes in pixels, clipped to the image, best detector score first | None. Boxes left
-    with no area are appended to `dropped` as (image name, place in the file, box, why)."""
+def load_job(
+    job: Job, gt_labpics: bool = False, dropped: list | None = None, ignore_index: int = -1
+):
+    """Read a job's files -> image (H, W, 3) uint8, region (H, W) bool | None, gt | None (its
+    8-bit value `ignore_index` read as 0) and its boxes in pixels, clipped to the image, best
+    detector score first | None. Boxes left with no area are appended to `dropped` as (image
+    name, place in the file, box, why)."""
     image = read_rgb(job.image)
     h, w = image.shape[:2]
     region = gt = boxes = None
@@ -523,7 +536,7 @@ def load_job(job: Job, gt_labpics: bool = False, dropped: list | None = None):
         if not region.any():
             raise ValueError(f"mask {job.mask} is empty: it marks no pixel to segment")
     if job.gt is not None:
-        gt = read_label_map(job.gt, labpics=gt_labpics)
+        gt = read_label_map(job.gt, labpics=gt_labpics, ignore_index=ignore_index)
         if gt.shape != (h, w):
             raise ValueError(
                 f"ground truth {job.gt} is {gt.shape[1]}x{gt.shape[0]} (WxH) but "
@@ -634,14 +647,10 @@ def check_writable(out: Path, parser) -> Path:
 
 def pick_model(args, parser) -> str:
     """--model, else the name train.py stored in --checkpoint, else 'small'."""
-    stored = None
-    if args.checkpoint and args.checkpoint.lower() != "none" and Path(args.checkpoint).is_file():
-        stored = model_name_in(args.checkpoint)
-    if args.model and stored and args.model != stored:
-        parser.error(
-            f"--checkpoint {args.checkpoint} was trained with --model {stored}, not {args.model}"
-        )
-    return args.model or stored or "small"
+    try:
+        return cli.pick_model(args.model, args.checkpoint)
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def segmenter(sam, args) -> Callable[..., np.ndarray]:
@@ -670,6 +679,7 @@ def segmenter(sam, args) -> Callable[..., np.ndarray]:
         batch_points=args.batch_points,
         boxes=None if boxes is None else boxes.xyxy,
         records=records,
+        max_side=args.max_side,
     )
 
 
@@ -684,25 +694,6 @@ def prefetch(load, items: list, depth: int = 2):
             for x in itertools.islice(it, 1):
                 queue.append((x, pool.submit(load, x)))
             yield item, fut
-
-
-def bounded_int(low: int, high: int, why: str = "") -> Callable[[str], int]:
-    """An argparse type: an int from low to high (`why` says what a larger one costs)."""
-
-    def parse(s: str) -> int:
-        v = int(s)
-        if not low <= v <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {v}{why}")
-        return v
-
-    return parse
-
-
-def fraction(s: str) -> float:
-    v = float(s)
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {v}")
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -736,6 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="SAM 2 size; default: the one stored in --checkpoint, else small",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    add_trained_flags(p, TRAINED_DEFAULTS)  # --max-side, --ignore-index (of --gt label PNGs)
     prompts = p.add_mutually_exclusive_group()
     prompts.add_argument(
         "--boxes",
@@ -810,9 +802,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--boxes and --grid are two kinds of prompt: give one")
     if args.classes is not None and args.boxes is None:
         parser.error("--classes picks among --boxes' detections: give --boxes")
+    png_gt = args.gt is not None and Path(args.gt).suffix.lower() != ".json"
+    if args.ignore_index is not None and not png_gt:
+        parser.error("--ignore-index applies to --gt label PNGs (not a COCO JSON): give --gt")
+    if args.ignore_index is not None and not -1 <= args.ignore_index <= 255:
+        parser.error(f"--ignore-index must be -1 (none) or 0-255, got {args.ignore_index}")
+    # the size train.py saw (and its void value for --gt PNGs), unless given
+    used = TRAINED_DEFAULTS if png_gt else {"max_side": TRAINED_DEFAULTS["max_side"]}
+    apply_trained(args, args.checkpoint, used)
     plain_warnings()
     coco = gt_ids = None
-    if args.gt is not None and Path(args.gt).suffix.lower() == ".json":
+    if args.gt is not None and not png_gt:
         try:
             coco, gt_ids = load_coco(args.gt)
         except DataError as e:
@@ -823,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     first, dropped = None, []
     if not folder:  # one image: bad input is a usage error, reported before loading a model
         try:
-            first = load_job(jobs[0], args.gt_labpics, dropped)
+            first = load_job(jobs[0], args.gt_labpics, dropped, args.ignore_index)
         except (DataError, ValueError) as e:
             parser.error(str(e))
     name = pick_model(args, parser)
@@ -844,7 +844,9 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(job)
             tqdm.write(f"warning: {job.image}: {e}", file=sys.stderr)
 
-    load = partial(load_job, gt_labpics=args.gt_labpics, dropped=dropped)
+    load = partial(
+        load_job, gt_labpics=args.gt_labpics, dropped=dropped, ignore_index=args.ignore_index
+    )
     load = load if first is None else lambda job: first
     with ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
         bar = tqdm(prefetch(load, jobs), total=len(jobs), unit="img", disable=not folder)

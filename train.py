@@ -75,7 +75,7 @@ from plumbing.checkpoints import (  # noqa: F401 (tests and notebooks use them a
     resume_changes,
     save_atomic,
 )
-from plumbing.cli import as_flag, flag  # noqa: F401
+from plumbing.cli import add_data_flags, as_flag, flag  # noqa: F401
 from plumbing.ddp import (
     agreed,
     check_replicas,
@@ -206,14 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", help="dataset folder or file (`python data.py PATH` shows its layout)")
     g.add_argument("--demo", action="store_true", help="make demo_data/ if absent; short tiny run")
-    g.add_argument("--complex", action="store_true", help="LabPics: add the Complex/ part")
-    g.add_argument(
-        "--crowd-instances", action="store_true", help="COCO: crowd regions are instances (CVAT)"
-    )
-    g.add_argument("--ignore-index", type=int, help="label PNG value that is no instance; -1: none")
-    g.add_argument(
-        "--stuff-instances", action="store_true", help="COCO panoptic: stuff segments are instances"
-    )
+    add_data_flags(g)
     g = p.add_argument_group("recipe")
     g.add_argument(
         "--recipe",

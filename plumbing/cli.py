@@ -12,9 +12,10 @@ from pathlib import Path
 from model import load_tensors, model_name_in
 
 # The data flags: how a dataset is read. Their defaults are Config's and data.Options'.
-DATA_FLAGS = ("complex", "crowd_instances", "ignore_index")
+DATA_FLAGS = ("complex", "crowd_instances", "ignore_index", "stuff_instances")
 # What a model was trained to see: evaluate.py and infer.py default to the checkpoint's values.
-IMAGE_SETTINGS = ("max_side", "min_area", "crowd_instances", "ignore_index")
+IMAGE_SETTINGS = ("max_side", "min_area", "crowd_instances", "ignore_index", "stuff_instances")
+MAX_SIDE = 2048  # --max-side at most, as train.py's bound
 
 
 def flag(name: str) -> str:
@@ -49,26 +50,77 @@ def fraction(s: str) -> float:
     return v
 
 
-def add_data_flags(group, complex: bool = True, default=argparse.SUPPRESS) -> None:
-    """--complex (if asked), --crowd-instances and --ignore-index on `group` (a parser or an
-    argument group). `default` is each flag's default (None: 'not given', for flags that fall
-    back to a checkpoint's settings; SUPPRESS: the parser's set_defaults decide)."""
+def trained_help(fallback) -> str:
+    """The end of the help of a flag that defaults to the checkpoint's setting."""
+    shown = ("on" if fallback else "off") if isinstance(fallback, bool) else fallback
+    return f"; default: as the checkpoint was trained, else {shown}"
+
+
+def add_data_flags(
+    group,
+    complex: bool = True,
+    default=argparse.SUPPRESS,
+    crowd: bool = True,
+    fallback: dict | None = None,
+) -> None:
+    """--complex (if asked), --crowd-instances (if asked), --ignore-index and --stuff-instances
+    on `group` (a parser
+    or an argument group). `default` is each flag's default (None: 'not given', for flags that
+    fall back to a checkpoint's settings; SUPPRESS: the parser's set_defaults decide). With
+    `fallback` ({setting: value without a trained one}, see add_trained_flags) the flags default
+    to None, their help names the fallback, and --no-crowd-instances can undo a trained one."""
+    said = (lambda k: "") if fallback is None else (lambda k: trained_help(fallback[k]))
+    default = None if fallback is not None else default
     if complex:
         group.add_argument(
             "--complex", action="store_true", default=default, help="LabPics: add the Complex/ part"
         )
-    group.add_argument(
-        "--crowd-instances",
-        action="store_true",
-        default=default,
-        help="COCO: crowd regions (iscrowd=1) are instances too (CVAT writes mask shapes so)",
-    )
+    if crowd:
+        group.add_argument(
+            "--crowd-instances",
+            action="store_true" if fallback is None else argparse.BooleanOptionalAction,
+            default=default,
+            help="COCO: crowd regions (iscrowd=1) are instances too (CVAT writes mask shapes so)"
+            + said("crowd_instances"),
+        )
     group.add_argument(
         "--ignore-index",
         type=int,
         default=default,
-        help="value of 8-bit / palette label PNGs that is no instance (VOC's void); -1: none",
+        help="value of 8-bit / palette label PNGs that is no instance (VOC's void); -1: none"
+        + said("ignore_index"),
     )
+    if fallback is None or "stuff_instances" in fallback:
+        group.add_argument(
+            "--stuff-instances",
+            action="store_true" if fallback is None else argparse.BooleanOptionalAction,
+            default=default,
+            help="COCO panoptic: stuff segments (isthing 0) are instances too (datumaro marks all "
+            "so)" + said("stuff_instances"),
+        )
+
+
+def add_trained_flags(group, fallback: dict) -> None:
+    """The IMAGE_SETTINGS named in `fallback` ({setting: its value where the checkpoint has
+    none}) as flags on `group`, each None when not given: apply_trained(args, checkpoint,
+    fallback) then fills it with the checkpoint's value, else the fallback."""
+    if "max_side" in fallback:
+        group.add_argument(
+            "--max-side",
+            type=bounded_int(
+                1, MAX_SIDE, " (SAM 2 sees images at 1024 px; larger only costs memory)"
+            ),
+            help="resize images so the longer side is this" + trained_help(fallback["max_side"]),
+        )
+    if "min_area" in fallback:
+        group.add_argument(
+            "--min-area",
+            type=bounded_int(0, MAX_SIDE * MAX_SIDE, " (pixels of a resized image)"),
+            help="drop instances under this many pixels (resized)"
+            + trained_help(fallback["min_area"]),
+        )
+    if "ignore_index" in fallback:
+        add_data_flags(group, complex=False, crowd="crowd_instances" in fallback, fallback=fallback)
 
 
 def pick_model(name: str | None, checkpoint: str | None) -> str:

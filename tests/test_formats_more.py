@@ -99,7 +99,7 @@ def test_gt_for_other_images_says_what_is_wrong(tmp_path):
         match_boxes(table, folder, "r.json")  # no --gt: that is the advice
 
 
-def box_masks(sam, image, coords, labels, batch=64):
+def box_masks(sam, image, coords, labels, batch=64, max_side=1024):
     """A stand-in for infer.predict_prompts whose mask is the prompt's box, scored 0.9 down."""
     h, w = image.shape[:2]
     yy, xx = np.mgrid[:256, :256] + 0.5

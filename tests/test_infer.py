@@ -211,7 +211,7 @@ def fake_prompts(calls):
     """A stand-in for predict_prompts: low-res logits of a disc (radius 20 of 256) around each
     prompt's first point, smooth so that the edge falls between pixels; first prompt best."""
 
-    def predict(sam, image, coords, labels, batch=64):
+    def predict(sam, image, coords, labels, batch=64, max_side=1024):
         calls.append((image.shape, coords, labels))
         h, w = image.shape[:2]
         yy, xx = np.mgrid[:256, :256] + 0.5
@@ -223,7 +223,7 @@ def fake_prompts(calls):
     return predict
 
 
-def box_prompts(sam, image, coords, labels, batch=64):
+def box_prompts(sam, image, coords, labels, batch=64, max_side=1024):
     """A stand-in for predict_prompts whose mask is the prompt's box (logits: the signed
     distance to the box's edge, in low-res cells), scored from 0.9 down."""
     h, w = image.shape[:2]
