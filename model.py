@@ -559,3 +559,315 @@ def track_clip(sam, frame, num_frames: int, n_obj: int, prompts: dict, correct=N
         }
         bank["non_cond_frame_outputs"].pop(t - keep, None)  # no later frame reads it
         yield t, [(h[0], h[2], h[6]) for h in passes], low_res
+
+
+# ----------------------------------------------------------------------------- LoRA, partial trunk
+#
+# LoRA adapters (peft) on the attention layers of the last blocks of the Hiera trunk. The blocks
+# before the first adapted one never change, so their output can be cached once per image
+# (encode_until) and each step runs only the adapted blocks and the neck (encode_from).
+# SAM 2's trunk: patch embedding + position embedding, then blocks grouped in stages (each
+# stage's last block, trunk.stage_ends, gives one map: stage i -> neck level i, level 0 the
+# highest resolution). The neck (FpnNeck) turns each map into d_model channels with a lateral
+# 1x1 conv and adds the upsampled lower-resolution level on its fpn_top_down_levels; the image
+# encoder drops its `scalp` lowest-resolution levels and forward_image projects levels 0 and 1
+# with the decoder's conv_s0/conv_s1.
+
+LORA_TARGETS = ("qkv", "proj")  # the Linear layers of a block's attention that may be adapted
+
+
+def _lora_layers(sam) -> list[tuple[int, str, torch.nn.Module]]:
+    """(trunk block index, SAM 2's name of the layer, peft's LoRA layer) of each adapted layer."""
+    found = []
+    for i, blk in enumerate(sam.image_encoder.trunk.blocks):
+        for name in LORA_TARGETS:
+            layer = getattr(blk.attn, name)
+            if hasattr(layer, "lora_A"):
+                found.append((i, f"image_encoder.trunk.blocks.{i}.attn.{name}", layer))
+    return found
+
+
+def lora_first_block(sam) -> int | None:
+    """Index of the first trunk block with adapters (the block encode_until stops before), or
+    None without LoRA."""
+    return min((i for i, _, _ in _lora_layers(sam)), default=None)
+
+
+def add_lora(
+    sam,
+    rank: int,
+    blocks: int,
+    targets: tuple[str, ...] = ("qkv",),
+    alpha: float | None = None,
+    dropout: float = 0.0,
+) -> list[torch.nn.Parameter]:
+    """Put peft LoRA adapters (LoraConfig + inject_adapter_in_model on sam.image_encoder) on the
+    attention `targets` ("qkv", "proj") of the last `blocks` trunk blocks; rank 0 adds nothing.
+
+    alpha: peft's lora_alpha (scaling alpha / rank), default rank (scaling 1); dropout: peft's
+    lora_dropout. The adapters start at zero (peft's init: lora_B = 0), so the model's outputs
+    are exactly those before. Freezes the rest of the image encoder (the decoder and prompt
+    encoder keep their flags): call it after freeze_for_finetune / freeze_for_video, whose
+    requires_grad_(False) would freeze the adapters too. Module names stay SAM 2's, each
+    adapted Linear becomes peft's wrapper (its weights under `.base_layer.`): merge_lora and
+    base_state give SAM 2's own keys. Returns the adapter parameters (for the optimizer).
+    """
+    trunk = sam.image_encoder.trunk
+    depth = len(trunk.blocks)
+    if rank == 0:
+        return []
+    if _lora_layers(sam):
+        raise ValueError("add_lora: this model has LoRA adapters already")
+    if not 1 <= blocks <= depth:
+        raise ValueError(f"LoRA blocks must be 1..{depth} (this trunk's blocks), got {blocks}")
+    bad = [t for t in targets if t not in LORA_TARGETS]
+    if bad or not targets:
+        raise ValueError(f"LoRA targets must be among {', '.join(LORA_TARGETS)}, got {targets}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
+    first = depth - blocks
+    layers = {
+        f"trunk.blocks.{i}.attn.{t}": getattr(trunk.blocks[i].attn, t)
+        for i in range(first, depth)
+        for t in targets
+    }
+    # beyond min(in, out) features an adapter is no longer low rank: only memory and time
+    limit = min(min(layer.weight.shape) for layer in layers.values())
+    if not 1 <= rank <= limit:
+        raise ValueError(
+            f"LoRA rank must be 1..{limit} (the adapted layers' smallest width), got {rank}"
+        )
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=rank if alpha is None else alpha,
+        lora_dropout=dropout,
+        target_modules=list(layers),
+    )
+    inject_adapter_in_model(config, sam.image_encoder)
+    sam.image_encoder.requires_grad_(False)
+    params = [p for n, p in sam.image_encoder.named_parameters() if ".lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def _own_state(sam, merge: bool) -> dict[str, torch.Tensor]:
+    sd = sam.state_dict()
+    out = {k.replace(".base_layer.", "."): v for k, v in sd.items() if ".lora_" not in k}
+    if not merge:
+        return out
+    for _, name, layer in _lora_layers(sam):
+        if layer.merged:  # peft merged it in place already: its base weight holds the delta
+            continue
+        with torch.no_grad():
+            delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters)
+        key = name + ".weight"
+        out[key] = out[key] + delta.to(out[key].dtype)
+    return out
+
+
+def merge_lora(sam) -> dict[str, torch.Tensor]:
+    """SAM 2's own state dict with the adapters merged in (peft's merge: W + B A * scaling), the
+    model left as it is: what model.pt / best.pt hold (build_sam2 loads it strictly). Without
+    LoRA, sam.state_dict()."""
+    return _own_state(sam, merge=True)
+
+
+def base_state(sam) -> dict[str, torch.Tensor]:
+    """SAM 2's own state dict with the adapters NOT merged (the frozen base weights of the adapted
+    layers): with adapter_state, what checkpoint.pt holds so that a resume is bit for bit."""
+    return _own_state(sam, merge=False)
+
+
+def adapter_state(sam) -> dict[str, torch.Tensor]:
+    """The adapters' tensors only, under their sam.state_dict() keys
+    (image_encoder.trunk.blocks.{i}.attn.{qkv,proj}.lora_{A,B}.default.weight)."""
+    return {k: v for k, v in sam.state_dict().items() if ".lora_" in k}
+
+
+def load_lora_state(sam, base: dict, adapters: dict, what: str) -> None:
+    """Load base_state + adapter_state (as saved) into a model given the same add_lora; raise
+    CheckpointError naming `what` unless they hold exactly its tensors in their shapes."""
+    own = {k.replace(".base_layer.", "."): k for k in sam.state_dict() if ".lora_" not in k}
+    sd = {own.get(k, k): v for k, v in base.items()}
+    clash = sorted(set(sd) & set(adapters))
+    if clash:
+        raise CheckpointError(f"{what} holds {clash[0]} twice")
+    sd.update(adapters)
+    check_fits(sam, sd, what)
+    sam.load_state_dict(sd)
+
+
+@dataclass
+class TrunkCut:
+    """The image encoder of B images run up to trunk block `first_block` (encode_until): what
+    encode_from needs to finish it.
+
+    act: (B, H, W, C) the activation entering block first_block (channels-last, as Hiera runs).
+    maps: neck level -> (B, C, h, w) for the levels whose stage ended before the cut and that
+    `act` is not: the lateral conv's output (d_model channels) where the neck adds a lower
+    level to it or it feeds one, else the level's finished map (after conv_s0/conv_s1).
+    """
+
+    act: torch.Tensor
+    maps: dict[int, torch.Tensor]
+    first_block: int
+
+    def __len__(self) -> int:
+        return self.act.shape[0]
+
+    def _apply(self, fn) -> TrunkCut:
+        return TrunkCut(fn(self.act), {k: fn(v) for k, v in self.maps.items()}, self.first_block)
+
+    def index(self, idx: torch.Tensor | list[int]) -> TrunkCut:
+        return self._apply(lambda t: t[idx])
+
+    def to(self, device=None, dtype=None, non_blocking: bool = False) -> TrunkCut:
+        return self._apply(lambda t: t.to(device=device, dtype=dtype, non_blocking=non_blocking))
+
+    def pin_memory(self) -> TrunkCut:
+        return self._apply(lambda t: t.pin_memory())
+
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in (self.act, *self.maps.values()))
+
+    @staticmethod
+    def cat(parts: list[TrunkCut]) -> TrunkCut:
+        return TrunkCut(
+            torch.cat([p.act for p in parts]),
+            {k: torch.cat([p.maps[k] for p in parts]) for k in parts[0].maps},
+            parts[0].first_block,
+        )
+
+
+def _cut_plan(sam, first_block: int) -> dict[int, str]:
+    """Neck level -> "lateral" or "final": what encode_until keeps of each stage that ended
+    before the cut (the stage ending right before it is `act` itself)."""
+    enc = sam.image_encoder
+    trunk, neck = enc.trunk, enc.neck
+    if not trunk.return_interm_layers:
+        raise ValueError("a partial trunk needs Hiera's per-stage outputs (return_interm_layers)")
+    depth = len(trunk.blocks)
+    if not 0 <= first_block <= depth:
+        raise ValueError(f"first_block must be 0..{depth} (this trunk's blocks), got {first_block}")
+    levels = len(neck.convs)
+    kept = levels - enc.scalp
+    used = range(kept - sam.num_feature_levels, kept)
+    down = set(neck.fpn_top_down_levels)
+    plan = {}
+    for i, end in enumerate(trunk.stage_ends):
+        if end >= first_block - 1:
+            break
+        if i in down or i - 1 in down:  # the neck adds levels here: finish it in encode_from
+            plan[i] = "lateral"
+        elif i in used:
+            plan[i] = "final"
+    return plan
+
+
+def _projection(sam, level: int) -> torch.nn.Module | None:
+    """forward_image's conv_s0/conv_s1 on neck levels 0/1 (None on other levels)."""
+    if sam.use_high_res_features_in_sam and level < 2:
+        return sam.sam_mask_decoder.conv_s0 if level == 0 else sam.sam_mask_decoder.conv_s1
+    return None
+
+
+def _project(sam, level: int, x: torch.Tensor) -> torch.Tensor:
+    conv = _projection(sam, level)
+    return x if conv is None else conv(x)
+
+
+def encode_until(sam, images: list[np.ndarray] | torch.Tensor, first_block: int) -> TrunkCut:
+    """Run the trunk on B images (as encode_images takes them) up to, not including, block
+    `first_block` (0..len(blocks)), and keep what encode_from needs. Run it under no_grad for a
+    cache: nothing before the first adapted block trains (the cut may not pass it)."""
+    first_lora = lora_first_block(sam)
+    if first_lora is not None and first_block > first_lora:
+        raise ValueError(f"first_block {first_block} is past the first adapted block {first_lora}")
+    plan = _cut_plan(sam, first_block)
+    trunk, neck = sam.image_encoder.trunk, sam.image_encoder.neck
+    n = len(neck.convs) - 1
+    device = next(sam.parameters()).device
+    x = images if torch.is_tensor(images) else preprocess(images, sam.image_size, device)
+    x = trunk.patch_embed(x)  # (B, H, W, C), as Hiera.forward
+    x = x + trunk._get_pos_embed(x.shape[1:3])
+    maps = {}
+    for i in range(first_block):
+        x = trunk.blocks[i](x)
+        level = trunk.stage_ends.index(i) if i in trunk.stage_ends else None
+        if level in plan:
+            lateral = neck.convs[n - level](x.permute(0, 3, 1, 2))
+            maps[level] = lateral if plan[level] == "lateral" else _project(sam, level, lateral)
+    return TrunkCut(x, maps, first_block)
+
+
+def encode_from(sam, cut: TrunkCut, video: bool = False) -> Features:
+    """Finish encode_until's cut: the remaining trunk blocks and the neck. Returns the Features
+    encode_images gives for the same images (encode_frames' when `video`: no no-memory
+    embedding); grad flows into the adapters."""
+    enc, plan = sam.image_encoder, _cut_plan(sam, cut.first_block)
+    trunk, neck = enc.trunk, enc.neck
+    n = len(neck.convs) - 1
+    raw = {}  # level -> (B, C, H, W) stage output computed here
+    x = cut.act
+    if cut.first_block - 1 in trunk.stage_ends:
+        raw[trunk.stage_ends.index(cut.first_block - 1)] = x.permute(0, 3, 1, 2)
+    for i in range(cut.first_block, len(trunk.blocks)):
+        x = trunk.blocks[i](x)
+        if i in trunk.stage_ends:
+            raw[trunk.stage_ends.index(i)] = x.permute(0, 3, 1, 2)
+    # FpnNeck.forward, from the lowest resolution up, on cached or fresh lateral maps
+    out, prev = [None] * (n + 1), None
+    for i in range(n, -1, -1):
+        if plan.get(i) == "final":
+            out[i], prev = cut.maps[i], None
+            continue
+        if i not in raw and i not in plan:  # ended before the cut, read by no output
+            prev = None
+            continue
+        lateral = cut.maps[i] if plan.get(i) == "lateral" else neck.convs[n - i](raw[i])
+        if i in neck.fpn_top_down_levels and prev is not None:
+            top_down = F.interpolate(
+                prev.to(dtype=torch.float32),
+                scale_factor=2.0,
+                mode=neck.fpn_interp_model,
+                align_corners=None if neck.fpn_interp_model == "nearest" else False,
+                antialias=False,
+            )
+            prev = lateral + top_down
+            if neck.fuse_type == "avg":
+                prev /= 2
+        else:
+            prev = lateral
+        out[i] = _project(sam, i, prev)
+    maps = out[: len(out) - enc.scalp][-sam.num_feature_levels :]
+    embed = maps[-1]
+    if sam.directly_add_no_mem_embed and not video:
+        embed = embed + sam.no_mem_embed.view(1, -1, 1, 1)
+    return Features(embed, list(maps[:-1]))
+
+
+def cut_bytes(sam, first_block: int, dtype: torch.dtype = torch.float32, size=None) -> int:
+    """Bytes encode_until keeps per image at `first_block`, from the shapes alone (image side
+    `size`, default sam.image_size; elements of `dtype`)."""
+    plan = _cut_plan(sam, first_block)
+    trunk, neck = sam.image_encoder.trunk, sam.image_encoder.neck
+    conv = trunk.patch_embed.proj
+    side = (size or sam.image_size) + 2 * conv.padding[0] - conv.kernel_size[0]
+    side = side // conv.stride[0] + 1
+    channels = conv.out_channels
+    elements = 0
+    for i in range(first_block):
+        blk = trunk.blocks[i]
+        side = side // blk.q_stride[0] if blk.q_stride else side
+        channels = blk.dim_out
+        level = trunk.stage_ends.index(i) if i in trunk.stage_ends else None
+        if level in plan:
+            width = neck.d_model
+            if plan[level] == "final" and (conv := _projection(sam, level)) is not None:
+                width = conv.out_channels
+            elements += width * side * side
+    elements += channels * side * side
+    return elements * torch.empty(0, dtype=dtype).element_size()
