@@ -67,14 +67,14 @@ def _meets(a: Box, b: Box) -> Box | None:
 
 
 def compact(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W) non-negative ids -> ((H, W) intp 0..K, (K + 1,) the ids, ids[0] == 0): the same
+    """(H, W) non-negative ids -> ((H, W) int 0..K, (K + 1,) the ids, ids[0] == 0): the same
     map with ids renumbered in order, 0 kept 0. By a lookup table when ids are small."""
     if lab.size and lab.min() < 0:
         raise ValueError(f"label map has negative ids ({lab.min()})")
     if lab.size == 0 or int(lab.max()) < LUT_IDS:
         present = np.bincount(lab.ravel(), minlength=1) > 0
         present[0] = True
-        lut = np.cumsum(present) - 1
+        lut = (np.cumsum(present) - 1).astype(np.int32)  # ids < LUT_IDS fit
         return lut[lab], np.flatnonzero(present)
     ids, inv = np.unique(lab, return_inverse=True)
     if ids[0] != 0:
