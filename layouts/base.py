@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from plumbing.files import DataError
-from plumbing.images import IMAGE_EXTS, decode_rgb, file_problem, image_size, read_rgb
+from plumbing.images import IMAGE_EXTS, decode_image, file_problem, image_size, read_image
+from plumbing.intensity import DEFAULT_RULE, PixelRule
 
 # whole words of a part's name that tag its split ("instances_trainval2017" -> train)
 SPLIT_WORDS = {"train": "train", "trainval": "train", "training": "train", "test": "test"}
@@ -148,12 +149,13 @@ def capped(items: list, skipped: list[str], what: str = "annotations") -> list:
 # ----------------------------------------------------------------------------- records
 
 
-def record_rgb(record: Record) -> np.ndarray:
-    """A record's image (H, W, 3) uint8 RGB: its file, or the image its annotation embeds."""
+def record_rgb(record: Record, rule: PixelRule = DEFAULT_RULE) -> np.ndarray:
+    """A record's image (H, W, 3) uint8 RGB by the pixel rule: its file, or the image its
+    annotation embeds."""
     if not record.embedded:
-        return read_rgb(record.image)
+        return read_image(record.image, rule)
     name = f"imageData of {record.annotation}"
-    return decode_rgb(np.frombuffer(layout_of(record).image_data(record), np.uint8), name)
+    return decode_image(np.frombuffer(layout_of(record).image_data(record), np.uint8), name, rule)
 
 
 def record_size(record: Record) -> tuple[int, int]:
