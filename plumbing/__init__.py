@@ -1,5 +1,6 @@
 """The tool's plumbing: what a recipe or a layout never needs to read to be changed.
 
+    weights      Meta's checkpoints, safe loading, which model a file holds, device and precision
     cli          flag spelling, bounded numbers, the data flags, the model a checkpoint holds,
                  the image settings a checkpoint was trained with
     files        reading files with messages that name them; one atomic write

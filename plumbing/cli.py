@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from model import load_tensors, model_name_in
+from plumbing.weights import load_tensors, model_name_in
 
 # The data flags: how a dataset is read. Their defaults are Config's and data.Options'.
 DATA_FLAGS = ("complex", "crowd_instances", "ignore_index", "stuff_instances")
