@@ -28,25 +28,20 @@ Box files and COCO results: formats.py. In a notebook:
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
-import tempfile
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import IMAGE_EXTS, DataError, read_label_map, read_rgb, resize_longest
+from data import DataError, resize_longest
 from formats import (
-    Boxes,
     clip_boxes,
     coco_entries,
     describe_dropped,
@@ -73,6 +68,17 @@ from model import (
 )
 from plumbing import cli
 from plumbing.cli import add_trained_flags, apply_trained, bounded_int, fraction
+from plumbing.jobs import Job, find_images, prefetch, read_job, writable_folder
+from plumbing.labelmaps import (
+    checked_region,
+    colorize,
+    format_score,
+    ranked,
+    save_outputs,
+    score_labels,
+    show,
+    stitch,
+)
 
 __all__ = [
     "colorize",
@@ -87,7 +93,6 @@ __all__ = [
 
 # Where the checkpoint does not say: the size SAM 2 sees (train.py's default), no void value
 TRAINED_DEFAULTS = {"max_side": 1024, "ignore_index": -1}
-MAX_ID = np.iinfo(np.uint16).max
 NOT_IN_GT = "coco_results_not_in_gt.json"  # masks of images a --gt JSON lacks
 UPSCALE_PIXELS = 1 << 25  # mask pixels upscaled at once (128 MB of logits): bounds big images
 MAX_PROMPTS = 4096  # prompts decoded per pass: their low-res logits take 256 KB each
@@ -178,58 +183,8 @@ def progress(n: int) -> dict:
     return {"disable": n < PROGRESS_MIN, "leave": False, "dynamic_ncols": True}
 
 
-# ----------------------------------------------------------------------------- stitching
-
-
-def ranked(scores, min_score: float | None = None) -> np.ndarray:
-    """Indices of `scores` best first (ties keep their order), those under min_score left out."""
-    scores = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-scores, kind="stable")
-    return order if min_score is None else order[scores[order] >= min_score]
-
-
-def stitch(
-    masks: Iterable[np.ndarray | torch.Tensor],
-    hw: tuple[int, int],
-    region: np.ndarray | None = None,
-    overlap: float = 0.15,
-    ids: list | None = None,
-) -> np.ndarray:
-    """Merge masks, given best first, into one instance map.
-
-    masks: (H, W) bool arrays or tensors, hw = (H, W); region (H, W) bool or None (everywhere).
-    A mask (clipped to the region) is skipped when empty or when more than `overlap` of it is
-    already taken; otherwise its free pixels get the next id. Runs on the masks' device.
-    `ids`, a list, gets each mask's id in turn (0: skipped).
-    Returns (H, W) uint16, 0 = background, ids 1, 2, 3, ... in the masks' order.
-    """
-    labels = inside = None
-    next_id = 1
-    for m in masks:
-        m = torch.as_tensor(m, dtype=torch.bool)
-        if m.shape != tuple(hw):
-            raise ValueError(f"a mask is {tuple(m.shape)}, expected {tuple(hw)}")
-        if labels is None:
-            labels = torch.zeros(hw, dtype=torch.int32, device=m.device)
-            if region is not None:
-                inside = torch.as_tensor(region, dtype=torch.bool, device=m.device)
-        if inside is not None:
-            m = m & inside
-        area = int(m.sum())
-        free = m & (labels == 0)
-        if area == 0 or area - int(free.sum()) > overlap * area:
-            if ids is not None:
-                ids.append(0)
-            continue
-        if next_id > MAX_ID:
-            raise ValueError(f"more than {MAX_ID} segments do not fit a uint16 label map")
-        labels[free] = next_id
-        if ids is not None:
-            ids.append(next_id)
-        next_id += 1
-    if labels is None:
-        return np.zeros(hw, np.uint16)
-    return labels.cpu().numpy().astype(np.uint16)
+# ----------------------------------------------------------------------------- segment
+# stitch, ranked, the scores and the output files: plumbing/labelmaps.py
 
 
 def stitch_recorded(
@@ -261,20 +216,6 @@ def stitch_recorded(
         if rle is not None:
             records.append({"prompt": prompt, "score": score, "label": label, "segmentation": rle})
     return labels
-
-
-def checked_region(region: np.ndarray | None, hw: tuple[int, int]) -> np.ndarray | None:
-    """`region` as (H, W) bool, or a ValueError when its size differs or it is empty."""
-    if region is None:
-        return None
-    region = np.asarray(region, dtype=bool)
-    if region.shape != tuple(hw):
-        raise ValueError(
-            f"region is {region.shape[1]}x{region.shape[0]} (WxH) but the image is {hw[1]}x{hw[0]}"
-        )
-    if not region.any():
-        raise ValueError("the region is empty: it marks no pixel to segment")
-    return region
 
 
 def segment(
@@ -402,118 +343,7 @@ def segment_auto(
     return stitch_recorded(items, hw, region, overlap, records)
 
 
-# ----------------------------------------------------------------------------- scoring
-
-
-def score_labels(pred: np.ndarray, gt: np.ndarray, region: np.ndarray | None = None) -> dict:
-    """Quality of a predicted instance map against ground truth.
-
-    pred, gt (H, W) int ids, 0 = background; region (H, W) bool restricts both (None: all).
-    Returns mean_best_iou (mean over GT instances of the best IoU with any predicted segment),
-    matched_50 (share of GT instances whose best IoU >= 0.5) and n_gt; nan scores when n_gt == 0.
-    """
-    if pred.shape != gt.shape:
-        raise ValueError(
-            f"ground truth is {gt.shape[1]}x{gt.shape[0]} (WxH) but the prediction "
-            f"is {pred.shape[1]}x{pred.shape[0]}"
-        )
-    if region is not None:
-        pred, gt = pred[region], gt[region]
-    g_ids, g = np.unique(gt.ravel(), return_inverse=True)
-    p_ids, p = np.unique(pred.ravel(), return_inverse=True)
-    # joint histogram of (gt id, pred id) pairs = every intersection in one pass
-    inter = np.bincount(g * len(p_ids) + p, minlength=len(g_ids) * len(p_ids))
-    inter = inter.reshape(len(g_ids), len(p_ids))
-    inter = inter[g_ids != 0][:, p_ids != 0]
-    n_gt = inter.shape[0]
-    if n_gt == 0:
-        return {"mean_best_iou": float("nan"), "matched_50": float("nan"), "n_gt": 0}
-    if inter.shape[1] == 0:
-        best = np.zeros(n_gt)
-    else:
-        g_area = np.bincount(g)[g_ids != 0]
-        p_area = np.bincount(p)[p_ids != 0]
-        iou = inter / (g_area[:, None] + p_area[None, :] - inter)
-        best = iou.max(axis=1)
-    return {
-        "mean_best_iou": float(best.mean()),
-        "matched_50": float((best >= 0.5).mean()),
-        "n_gt": n_gt,
-    }
-
-
-def format_score(s: dict) -> str:
-    return (
-        f"mean best IoU {s['mean_best_iou']:.3f}, matched at IoU>=0.5 {s['matched_50']:.1%}"
-        f" of {s['n_gt']} GT instances"
-    )
-
-
-# ----------------------------------------------------------------------------- outputs
-
-
-def colorize(labels: np.ndarray, seed: int = 0) -> np.ndarray:
-    """(H, W) ids -> (H, W, 3) uint8 RGB, a seeded random bright colour per id, 0 = black."""
-    palette = np.random.default_rng(seed).integers(60, 256, (int(labels.max()) + 1, 3))
-    palette[0] = 0
-    return palette.astype(np.uint8)[labels]
-
-
-def overlay(image: np.ndarray, color: np.ndarray, labels: np.ndarray, alpha=0.5) -> np.ndarray:
-    """Blend `color` over `image` (both (H, W, 3) uint8) where labels > 0, in uint8: a float
-    blend of a 24 MP photo would take 1.7 GB."""
-    mix = cv2.addWeighted(image, 1 - alpha, color, alpha, 0)
-    return np.where(labels[..., None] > 0, mix, image)
-
-
-def save_outputs(
-    out: Path, stem: str, image: np.ndarray, labels: np.ndarray, seed: int = 0
-) -> list[Path]:
-    """Write <stem>_labels.png (uint16), <stem>_color.png and <stem>_overlay.png into `out`."""
-    color = colorize(labels, seed)
-    files = {
-        out / f"{stem}_labels.png": labels.astype(np.uint16),
-        out / f"{stem}_color.png": color[..., ::-1],
-        out / f"{stem}_overlay.png": overlay(image, color, labels)[..., ::-1],
-    }
-    for path, arr in files.items():
-        if not cv2.imwrite(str(path), np.ascontiguousarray(arr)):
-            raise OSError(f"could not write {path}")
-    return list(files)
-
-
-def show(image: np.ndarray, labels: np.ndarray, title: str, seed: int = 0) -> bool:
-    """Show image and overlay in a matplotlib window; False (and a note) without a display."""
-    import matplotlib.pyplot as plt
-    from matplotlib.backends import BackendFilter, backend_registry
-
-    backend = plt.get_backend()
-    if backend.lower() not in backend_registry.list_builtin(BackendFilter.INTERACTIVE):
-        print(
-            f"--show: no display available (matplotlib backend '{backend}'), not showing "
-            f"{title}; the images are saved in --out",
-            file=sys.stderr,
-        )
-        return False
-    fig, axes = plt.subplots(1, 2, figsize=(12, 6))
-    axes[0].imshow(image)
-    axes[1].imshow(overlay(image, colorize(labels, seed), labels))
-    for ax in axes:
-        ax.axis("off")
-    fig.suptitle(f"{title}: {int(labels.max())} segments")
-    plt.show()
-    return True
-
-
 # ----------------------------------------------------------------------------- CLI
-
-
-@dataclass
-class Job:
-    image: Path
-    mask: Path | None = None
-    gt: Path | None = None
-    boxes: Boxes | None = None  # from --boxes, as read (fractions of the size for YOLO txt)
 
 
 def load_job(
@@ -523,25 +353,9 @@ def load_job(
     8-bit value `ignore_index` read as 0) and its boxes in pixels, clipped to the image, best
     detector score first | None. Boxes left with no area are appended to `dropped` as (image
     name, place in the file, box, why)."""
-    image = read_rgb(job.image)
+    image, region, gt = read_job(job, gt_labpics, ignore_index)
     h, w = image.shape[:2]
-    region = gt = boxes = None
-    if job.mask is not None:
-        region = read_label_map(job.mask) > 0
-        if region.shape != (h, w):
-            raise ValueError(
-                f"mask {job.mask} is {region.shape[1]}x{region.shape[0]} (WxH) but "
-                f"image {job.image} is {w}x{h}"
-            )
-        if not region.any():
-            raise ValueError(f"mask {job.mask} is empty: it marks no pixel to segment")
-    if job.gt is not None:
-        gt = read_label_map(job.gt, labpics=gt_labpics, ignore_index=ignore_index)
-        if gt.shape != (h, w):
-            raise ValueError(
-                f"ground truth {job.gt} is {gt.shape[1]}x{gt.shape[0]} (WxH) but "
-                f"image {job.image} is {w}x{h}"
-            )
+    boxes = None
     if job.boxes is not None:
         boxes = job.boxes.in_pixels((h, w))
         clipped, kept, why = clip_boxes(boxes.xyxy, (h, w))
@@ -553,31 +367,14 @@ def load_job(
     return image, region, gt, boxes
 
 
-def by_stem(folder: Path) -> dict[str, Path]:
-    """Image files of `folder` by stem (the first in sorted order wins a shared stem)."""
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
-            found.setdefault(p.stem, p)
-    return found
-
-
 def find_jobs(args, parser, gt_ids: dict | None = None) -> list[Job]:
     """The images to segment, with their masks, ground truth label maps and boxes (those
     --conf and --classes keep, counted in one line); bad input -> parser.error."""
-    src = Path(args.image)
     png_gt = args.gt if gt_ids is None else None  # a COCO JSON scores the run as a whole
-    if not src.exists():
-        parser.error(f"image {src} does not exist")
-    if not src.is_dir():
-        if args.masks is not None:
-            parser.error("--masks is for a folder of images; give one image's mask as MASK")
-        for what, path in (("mask", args.mask), ("ground truth", args.gt)):
-            if path is not None and not Path(path).is_file():
-                parser.error(f"{what} {path} does not exist")
-        jobs = [Job(src, Path(args.mask) if args.mask else None, Path(png_gt) if png_gt else None)]
-    else:
-        jobs = find_folder_jobs(args, parser, src, png_gt)
+    try:
+        jobs = find_images(args.image, args.mask, args.masks, args.gt, png_gt)
+    except ValueError as e:
+        parser.error(str(e))
     if args.boxes is not None:
         try:
             table = read_boxes(args.boxes)
@@ -602,47 +399,12 @@ def find_jobs(args, parser, gt_ids: dict | None = None) -> list[Job]:
     return jobs
 
 
-def find_folder_jobs(args, parser, src: Path, png_gt: str | None) -> list[Job]:
-    if args.mask is not None:
-        parser.error("IMAGE is a folder: give its masks as --masks DIR, not MASK")
-    images = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-    if not images:
-        parser.error(f"no images ({', '.join(IMAGE_EXTS)}) in folder {src}")
-    dirs = {}
-    for flag, value in (("--masks", args.masks), ("--gt", png_gt)):
-        if value is not None and not Path(value).is_dir():
-            parser.error(f"{flag} {value} must be a folder (or a COCO .json) when IMAGE is one")
-        dirs[flag] = by_stem(Path(value)) if value is not None else None
-    stems = [p.stem for p in images]
-    for stem in {s for s in stems if stems.count(s) > 1}:
-        print(
-            f"warning: several images share the stem '{stem}': their outputs overwrite each other",
-            file=sys.stderr,
-        )
-    jobs = []
-    for p in images:
-        mask = dirs["--masks"].get(p.stem) if dirs["--masks"] is not None else None
-        if dirs["--masks"] is not None and mask is None:
-            print(
-                f"note: no mask for {p.name} in {args.masks}: segmenting the whole image",
-                file=sys.stderr,
-            )
-        gt = dirs["--gt"].get(p.stem) if dirs["--gt"] is not None else None
-        if dirs["--gt"] is not None and gt is None:
-            print(f"note: no ground truth for {p.name} in {png_gt}: not scored", file=sys.stderr)
-        jobs.append(Job(p, mask, gt))
-    return jobs
-
-
 def check_writable(out: Path, parser) -> Path:
     """Fail before any model work if `out` cannot be created or written to."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as e:
-        parser.error(f"--out {out} is not a writable folder ({e.strerror or e})")
-    return out
+        return writable_folder(out)
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def pick_model(args, parser) -> str:
@@ -681,19 +443,6 @@ def segmenter(sam, args) -> Callable[..., np.ndarray]:
         records=records,
         max_side=args.max_side,
     )
-
-
-def prefetch(load, items: list, depth: int = 2):
-    """Yield (item, Future of load(item)) in order, loading up to `depth` items ahead in a
-    background thread so decoding files overlaps the model's work."""
-    with ThreadPoolExecutor(1, thread_name_prefix="load") as pool:
-        it = iter(items)
-        queue = deque((x, pool.submit(load, x)) for x in itertools.islice(it, depth))
-        while queue:
-            item, fut = queue.popleft()
-            for x in itertools.islice(it, 1):
-                queue.append((x, pool.submit(load, x)))
-            yield item, fut
 
 
 def build_parser() -> argparse.ArgumentParser:

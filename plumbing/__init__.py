@@ -11,6 +11,8 @@
     stopping     SIGINT / SIGTERM: save the step, then Stopped with its message
     ddp          torchrun set-up, values all ranks agree on, means over ranks
     runlog       log.csv and curves.png
+    labelmaps    instance label maps: masks stitched best first, scored, coloured, written
+    jobs         infer.py's images with their masks and ground truth, read ahead; --out checked
 
 Nothing here imports a root script but model.py (tests/test_imports.py checks it).
 """

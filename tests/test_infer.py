@@ -27,6 +27,7 @@ from infer import (
     stitch,
 )
 from model import upscale_logits
+from plumbing import labelmaps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +105,7 @@ def test_stitch_min_score_and_id_overflow(monkeypatch):
     scores = np.array([0.9, 0.8, 0.3, 0.1])
     assert stitch_scored(masks, scores, min_score=0.5).max() == 2
     assert list(ranked([0.5, 0.9, 0.5, 0.1], min_score=0.4)) == [1, 0, 2]  # ties keep order
-    monkeypatch.setattr(infer, "MAX_ID", 3)
+    monkeypatch.setattr(labelmaps, "MAX_ID", 3)
     with pytest.raises(ValueError, match="uint16"):
         stitch_scored(masks, scores)
 
