@@ -137,7 +137,7 @@ class InstanceHead(nn.Module):
     Input: model.Features: image_embed (B, 256, h/16, w/16), high_res [(B, 32, h/4, w/4),
     (B, 64, h/8, w/8)] for an (h, w) encoder input (1024 x 1024: 64, 256, 128).
     Output: logits (B, 3, h/4, w/4). Top-down like an FPN: the embedding is reduced, upsampled
-    2x and fused with the stride-8 map, then again with the stride-4 map. ~0.27 M parameters
+    2x and fused with the stride-8 map, then again with the stride-4 map. ~0.26 M parameters
     at width 64 (SAM 2's mask decoder: 4.2 M).
     """
 
