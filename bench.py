@@ -18,7 +18,7 @@ memory, inference seconds per image with files read and written, and the fixed-b
 Memory of our two recipes, from one extra step each after the timed ones: its peak (CUDA:
 max_memory_allocated; CPU: the process's peak RSS, Linux) and the memory per mask per pass,
 (peak - memory in use before the step) / (masks x decoder passes), the figure to plan
---batch-size and --max-masks with (README, "Memory").
+--batch-size and --max-masks with (docs/speed.md#memory).
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ import torch
 
 import data
 import infer
-import recipes
 import train
 from model import (
     MODELS,
@@ -60,6 +59,9 @@ from model import (
     predict_logits,
     resolve_device,
 )
+from plumbing.cache import FeatureCache
+from plumbing.video import ClipCache, object_frame_bytes, sample_clips, video_step_bytes
+from recipes import RECIPES, compute_loss, sample_batch
 
 # Settings per preset; a flag given on the command line always wins.
 FULL = {
@@ -443,7 +445,7 @@ def our_config(args, root: Path, device: torch.device, recipe: str = "article") 
 def fixed_batch_loss(args, entries: list[dict], device: torch.device) -> dict:
     """Both losses on the first image with fixed points and the same initial weights: fp32, and
     on CUDA also under each method's own autocast (article fp16 throughout; ours bf16 features
-    and decoder, loss in fp32, as train.FeatureCache and train.train_step do)."""
+    and decoder, loss in fp32, as plumbing.cache.FeatureCache and train.train_step do)."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     np.random.seed(args.seed)
@@ -467,7 +469,7 @@ def fixed_batch_loss(args, entries: list[dict], device: torch.device) -> dict:
                 if amp:
                     feats = feats.to(dtype=amp_dtype(device))
                 low_res, scores = predict_logits(sam, feats, idx, pts, sizes)
-            ours, _ = recipes.compute_loss(low_res, scores, gts, train.Config.score_weight)
+            ours, _ = compute_loss(low_res, scores, gts, train.Config.score_weight)
         a, o = float(theirs), float(ours)
         out[mode] = {
             "article": a,
@@ -510,7 +512,7 @@ def our_step(cache, step: int, trainer, opt, scaler, gen, cfg, device) -> int:
     """One step of train.fit()'s loop (minus logging): its batch, train_step, and the two
     .item() reads fit() makes for its running averages. Returns the masks used."""
     ids = train.batch_indices(step, cache.ids, cfg.batch_size, cfg.seed)
-    batch = train.sample_batch(cache.get(ids), cfg.max_masks, gen)
+    batch = sample_batch(cache.get(ids), cfg.max_masks, gen)
     loss, iou = train.train_step(trainer, batch, opt, scaler, cfg, gen, device)
     _ = loss.item(), iou.mean().item()
     return len(iou)
@@ -541,7 +543,16 @@ def time_our_training(
 
     def first_epoch() -> int:
         nonlocal cache
-        cache = train.FeatureCache(dataset, indices, cfg, sam, device, progress=True)
+        cache = FeatureCache(
+            dataset,
+            indices,
+            sam,
+            device,
+            progress=True,
+            encode_batch=cfg.encode_batch,
+            workers=cfg.workers,
+            cache=cfg.cache,
+        )
         return run(0, math.ceil(len(cache.ids) / cfg.batch_size))
 
     cache = None
@@ -570,17 +581,19 @@ def memory_step(cache, step: int, trainer, opt, scaler, gen, cfg, device) -> dic
     before it, after its forward (what it keeps for backward) and at its peak, per mask per
     decoder pass."""
     ids = train.batch_indices(step, cache.ids, cfg.batch_size, cfg.seed)
-    batch = train.sample_batch(cache.get(ids), cfg.max_masks, gen)
+    batch = sample_batch(cache.get(ids), cfg.max_masks, gen)
+    recipe = RECIPES[cfg.recipe]
+    opts = recipe.take(cfg)
     before = memory_start(device)
     with autocast(device):
-        loss, iou = trainer(recipes.RECIPES[cfg.recipe], batch, cfg, gen)
+        loss, iou = trainer(recipe.run, batch, opts, gen)
     after_forward = memory_now(device)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(opt)
     scaler.update()
     top = memory_peak(device)
-    passes = 1 + cfg.clicks if cfg.recipe == "interactive" else 1
+    passes = recipe.passes(opts)
 
     def per(x):
         return None if None in (x, before) else (x - before) / 2**20 / (len(iou) * passes)
@@ -609,7 +622,11 @@ def time_video_training(args, work: Path, device: torch.device) -> dict:
         sam, opt, scaler, gen, _ = train.build(cfg, train.Context(0, 1, device, root), None)
     sam.train()
     sam.image_encoder.eval()
-    cache = train.ClipCache(data.load_videos(root, "train"), list(range(clips)), cfg, sam, device)
+    step_bytes = video_step_bytes(cfg, object_frame_bytes(device, sam.image_size))
+    videos = data.load_videos(root, "train")
+    cache = ClipCache(
+        videos, list(range(clips)), sam, device, cache=cfg.cache, step_bytes=step_bytes
+    )
     trainer, weights = (
         train.Trainable(sam),
         {p.untyped_storage().data_ptr() for p in sam.parameters()},
@@ -618,7 +635,7 @@ def time_video_training(args, work: Path, device: torch.device) -> dict:
 
     def run(first: int, n: int) -> int:
         for s in range(first, first + n):
-            batch = train.sample_clips(cache, train.batch_indices(s, cache.ids, clips, 0), cfg, gen)
+            batch = sample_clips(cache, train.batch_indices(s, cache.ids, clips, 0), cfg, gen)
             objects.extend(len(c.gts[0]) for c in batch)
             train.train_step(trainer, batch, opt, scaler, cfg, gen, device)[0].item()
         return n
@@ -826,7 +843,7 @@ def run_all(args, root: Path, work: Path, device: torch.device) -> dict:
     )
     ours_inf = time_our_inference(args, folder, regions, work / "ours_out", device)
     video = {"video": time_video_training(args, work, device)} if args.video else {}
-    if device.type == "cpu":
+    if device.type == "cpu" and RECIPES["interactive"].lean_cpu_heap:
         train.lean_cpu_heap()  # as train.py does for this recipe (it lasts: so, last)
     interactive = time_our_training(args, root, entries, device, "interactive")
     return {

@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from sam2.utils.misc import mask_to_box
@@ -42,7 +41,17 @@ import data
 import model
 from model import Features, autocast, decode, encode_images, upscale_logits
 from plumbing.cli import add_trained_flags, apply_trained, pick_model
-from plumbing.masks import mask_iou
+from plumbing.masks import mask_iou, next_clicks
+from plumbing.video import (  # noqa: F401 (video J&F lives there; tests use evaluate.X)
+    BOUND_TH,
+    VOID_RULES,
+    boundary,
+    boundary_f,
+    encoded_videos,
+    evaluate_videos,
+    jaccard,
+    score_video,
+)
 
 CURVE_AT = (1, 3, 5)  # mIoU reported after these many clicks
 NOC_AT = (0.85, 0.90)
@@ -54,28 +63,6 @@ TRAINED_DEFAULTS |= {"stuff_instances": False}
 # predict(points (N, K, 2) | None, labels (N, K) | None, boxes (N, 4) | None, state)
 #   -> (masks (N, H, W) bool, state); state is None on the first call of a sequence
 Predictor = Callable[[Any, Any, Any, Any], tuple[np.ndarray, Any]]
-
-
-def _depth(region: np.ndarray) -> np.ndarray:
-    """Distance of each pixel of `region` to its boundary, the image border included."""
-    padded = np.pad(region.astype(np.uint8), 1)
-    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-
-
-def next_clicks(gts: np.ndarray, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SAM's next click per mask: (N, H, W) bool gts and predictions -> points (N, 2) float (x, y)
-    pixels, labels (N,) int (1 on missed object, 0 on extra background) and has_error (N,)
-    bool (False: the prediction is exact and the click is meaningless)."""
-    n, w = len(gts), gts.shape[-1]
-    points, labels = np.zeros((n, 2), np.float32), np.zeros(n, np.int64)
-    has_error = np.zeros(n, bool)
-    for i in range(n):
-        missed, extra = _depth(gts[i] & ~preds[i]), _depth(preds[i] & ~gts[i])
-        positive = missed.max() > extra.max()
-        depth = missed if positive else extra
-        idx = int(depth.argmax())
-        points[i], labels[i], has_error[i] = (idx % w, idx // w), positive, depth.max() > 0
-    return points, labels, has_error
 
 
 def click_ious(
@@ -185,20 +172,18 @@ def evaluate_features(
     Runs `sam` in eval mode (as users will) and restores its modes after."""
     from tqdm import tqdm
 
-    modes = [m.training for m in sam.modules()]
-    sam.eval()
     curves, boxes = [np.zeros((0, max_clicks))], [np.zeros(0)]
-    for feats, masks, hw in tqdm(
+    bar = tqdm(
         items, total=total, desc="evaluating", unit="img", disable=not progress, file=sys.stderr
-    ):
-        masks = masks.cpu().numpy() if torch.is_tensor(masks) else np.asarray(masks)
-        predict = model_predictor(sam, feats, tuple(hw))
-        for s in range(0, len(masks), chunk):
-            c, b = score_masks(predict, masks[s : s + chunk].astype(bool), max_clicks)
-            curves.append(c)
-            boxes.append(b)
-    for m, mode in zip(sam.modules(), modes):
-        m.train(mode)
+    )
+    with model.evaluating(sam):
+        for feats, masks, hw in bar:
+            masks = masks.cpu().numpy() if torch.is_tensor(masks) else np.asarray(masks)
+            predict = model_predictor(sam, feats, tuple(hw))
+            for s in range(0, len(masks), chunk):
+                c, b = score_masks(predict, masks[s : s + chunk].astype(bool), max_clicks)
+                curves.append(c)
+                boxes.append(b)
     return summarize(np.concatenate(curves), np.concatenate(boxes))
 
 
@@ -315,132 +300,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_table(metrics))
     print(f"written to {out}")
     return result
-
-
-# ----------------------------------------------------------------------------- video: J&F
-#
-# DAVIS's semi-supervised protocol (davis2017-evaluation): each object is given on the first frame
-# that shows it (by its mask, the standard, or by one click at its centre), tracked to the end in
-# eval mode, and scored on the later annotated frames except the video's last (DAVIS leaves out
-# both). J is the IoU; F the F-measure of the boundary pixels of prediction and ground truth,
-# each matched if the other's boundary is within ceil(0.008 x the frame's diagonal) px. Void
-# pixels (255) are background, as davis2017-evaluation's semi-supervised scoring reads them (a
-# prediction spilling onto the void ring around an object counts against it); void="ignore"
-# makes them count for neither (jaccard's and boundary_f's `void`, as its metrics allow but its
-# semi-supervised task never uses). Both are averaged over an object's frames, then over
-# objects; J&F is their mean.
-
-BOUND_TH = 0.008
-VOID_RULES = ("background", "ignore")  # the first: davis2017-evaluation's
-
-
-def jaccard(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
-    """DAVIS's J of two (H, W) bool masks: their IoU outside `void`, 1 when both are empty."""
-    keep = ~void if void is not None else np.ones_like(gt)
-    union = ((pred | gt) & keep).sum()
-    return float(((pred & gt) & keep).sum() / union) if union else 1.0
-
-
-def boundary(mask: np.ndarray) -> np.ndarray:
-    """(H, W) bool -> its 1-px boundary as DAVIS draws it: pixels whose right, lower or
-    lower-right neighbour differs, the image continuing its last row and column."""
-    p = np.pad(mask, ((0, 1), (0, 1)), mode="edge")
-    return (mask != p[:-1, 1:]) | (mask != p[1:, :-1]) | (mask != p[1:, 1:])
-
-
-def boundary_f(
-    pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None, bound_th: float = BOUND_TH
-) -> float:
-    """DAVIS's F of two (H, W) bool masks: 2PR / (P + R) of their boundary pixels, a pixel
-    matched when the other boundary is within r = ceil(bound_th x diagonal) px (bound_th >= 1:
-    r = bound_th). Both boundaries empty: 1; one empty: 0."""
-    if void is not None:
-        pred, gt = pred & ~void, gt & ~void
-    r = int(bound_th if bound_th >= 1 else np.ceil(bound_th * np.hypot(*gt.shape)))
-    y, x = np.ogrid[-r : r + 1, -r : r + 1]
-    disk = (x * x + y * y <= r * r).astype(np.uint8)
-    bp, bg = boundary(pred), boundary(gt)
-    if not bp.any() or not bg.any():
-        return float(bp.any() == bg.any())
-    precision = (bp & cv2.dilate(bg.astype(np.uint8), disk).astype(bool)).sum() / bp.sum()
-    recall = (bg & cv2.dilate(bp.astype(np.uint8), disk).astype(bool)).sum() / bg.sum()
-    return float(2 * precision * recall / (precision + recall)) if precision + recall else 0.0
-
-
-@torch.no_grad()
-def score_video(
-    sam, frame, labels: list, prompt: str = "mask", void: str = "background"
-) -> list[tuple[float, float]]:
-    """(J, F) of each object of one video, tracked by `sam` in eval mode (see above).
-
-    frame(t) -> encode_frames features of frame t; labels: per frame (H, W) int object ids
-    (data.video_labels), None where not annotated; prompt: "mask" or "click"; void: how label
-    255 counts, "background" (davis2017-evaluation's rule) or "ignore" (neither way).
-    """
-    if void not in VOID_RULES:
-        raise ValueError(f"void must be one of {VOID_RULES}, got {void!r}")
-    first: dict[int, int] = {}
-    for t, lab in enumerate(labels):
-        for i in [] if lab is None else np.unique(lab).tolist():
-            first.setdefault(i, t)
-    first = {i: t for i, t in first.items() if i not in (0, data.VOID)}
-    device, scores = next(sam.parameters()).device, []
-    for start in sorted(t for t in set(first.values()) if t < len(labels) - 2):  # else no score
-        ids = np.array([i for i, t in first.items() if t == start])
-        gts = labels[start][None] == ids[:, None, None]
-        if prompt == "mask":
-            p = model.frame_prompt(sam, gts.shape[1:], masks=torch.from_numpy(gts).to(device))
-        else:
-            xy = torch.from_numpy(next_clicks(gts, np.zeros_like(gts))[0][:, None]).to(device)
-            one = torch.ones(len(ids), 1, dtype=torch.int32, device=device)
-            p = model.frame_prompt(sam, gts.shape[1:], xy, one)
-        j, f = [[] for _ in ids], [[] for _ in ids]
-        with autocast(device):
-            for t, _, low_res in model.track_clip(sam, frame, len(labels), len(ids), {start: p}):
-                if labels[t] is None or t in (start, len(labels) - 1):
-                    continue
-                pred = (upscale_logits(low_res, labels[t].shape)[:, 0] > 0).cpu().numpy()
-                skip = labels[t] == data.VOID if void == "ignore" else None
-                for k, i in enumerate(ids):
-                    j[k].append(jaccard(pred[k], labels[t] == i, skip))
-                    f[k].append(boundary_f(pred[k], labels[t] == i, skip))
-        scores += [(np.mean(a), np.mean(b)) for a, b in zip(j, f) if a]
-    return scores
-
-
-def evaluate_videos(
-    sam, videos: Iterable, prompts=("mask", "click"), progress=True, total=None, void="background"
-) -> dict[str, float]:
-    """J, F and J&F (means over objects) of each prompt protocol over (frame, labels) pairs (see
-    score_video, which takes `void`), as keys j_mask, f_mask, jf_mask, j_click, ...; 'masks'
-    counts the objects. Runs `sam` in eval mode and restores its modes after."""
-    from tqdm import tqdm
-
-    modes = [m.training for m in sam.modules()]
-    sam.eval()
-    scores: dict[str, list] = {p: [] for p in prompts}
-    for frame, labels in tqdm(videos, total=total, desc="J&F", disable=not progress):
-        for p in prompts:
-            scores[p] += score_video(sam, frame, labels, p, void)
-    for m, mode in zip(sam.modules(), modes):
-        m.train(mode)
-    out: dict[str, float] = {"masks": len(scores[prompts[0]]), "max_clicks": 1}
-    for p, s in scores.items():
-        j, f = np.array(s).reshape(-1, 2).mean(0) if s else (np.nan, np.nan)
-        out |= {f"jf_{p}": float((j + f) / 2), f"j_{p}": float(j), f"f_{p}": float(f)}
-    return out
-
-
-def encoded_videos(sam, videos: list, device):
-    """(frame(t) -> encode_frames features, label maps) of each data.Video, for evaluate_videos;
-    frames are read and encoded when tracking reaches them."""
-    for v in videos:
-
-        def frame(t, v=v):
-            with torch.no_grad(), autocast(device):
-                return model.encode_frames(sam, [data.read_rgb(v.frames[t])])
-
-        yield frame, [data.video_labels(v, t) for t in range(len(v.frames))]
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """Every training recipe in one place: which prompts each mask gets, and which loss it trains.
 
-A recipe is recipe(sam, batch, cfg, gen) -> (loss, IoU per mask): `batch` a Batch (cached
-encoder features and masks of a step's images), `cfg` train.Config (it reads score_weight or
-clicks), `gen` the run's torch.Generator (all of the recipe's randomness). train.py only picks
-one from RECIPES (--recipe) and steps the optimizer. The video recipe takes a list of Clip
-instead of a Batch (its section, at the end).
+A recipe's step is run(sam, batch, opts, gen) -> (loss, IoU per mask): `batch` a Batch (cached
+encoder features and masks of a step's images), `opts` the options it reads (Recipe.options,
+by name: score_weight or clicks), `gen` the run's torch.Generator (all of the recipe's
+randomness). The video recipe takes a list of Clip instead of a Batch (its section). Each
+recipe's rules (its data, which output validation scores, its defaults, what it trains) are one
+Recipe record in RECIPES, at the end; train.py reads them and never a recipe's name.
 
 article (default), "fine-tune SAM 2 in 60 lines":
-- one random click inside each mask (drawn by train.sample_batch), one decoder pass;
+- one random click inside each mask (drawn by sample_batch), one decoder pass;
 - loss: BCE between the first of the 3 outputs, upscaled to the image, and the mask, plus
   score_weight (0.05) x |predicted score - IoU|, averaged per image, then over images.
 
@@ -51,15 +52,27 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from sam2.utils.misc import mask_to_box
 from torch.utils.checkpoint import checkpoint
 
-from data import sample_points
-from model import Features, decode, frame_prompt, predict_logits, track_clip, upscale_logits
+from model import (
+    Features,
+    decode,
+    frame_prompt,
+    freeze_for_finetune,
+    freeze_for_video,
+    predict_logits,
+    track_clip,
+    upscale_logits,
+)
+from plumbing.cache import CachedImage
+from plumbing.masks import sample_points
+from plumbing.video import Clip
 
 LOW_RES = 256  # side of the decoder's mask logits (and of the mask prompt it takes)
 FRAME = 1024  # side of the square the image encoder sees (sam.image_size)
@@ -114,10 +127,26 @@ def compute_loss(
     return torch.stack(losses).mean(), torch.cat(ious)
 
 
-def article_recipe(sam, batch: Batch, cfg, gen) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_batch(images: list[CachedImage], max_masks: int, gen: torch.Generator) -> Batch:
+    """A step's Batch from its images: up to `max_masks` random masks per image, one random
+    click in each, the article's prompt (no host sync)."""
+    masks, points, idx = [], [], []
+    for b, im in enumerate(images):
+        m = im.masks
+        if len(m) > max_masks:
+            m = m[torch.randperm(len(m), generator=gen, device=gen.device)[:max_masks]]
+        masks.append(m)
+        points.append(uniform_points(m, gen))  # cached masks are never empty
+        idx.append(torch.full((len(m),), b, dtype=torch.long, device=m.device))
+    feats = Features.cat([im.feats for im in images])
+    sizes = torch.tensor([im.hw for im in images]).to(feats.image_embed.device, non_blocking=True)
+    return Batch(feats, torch.cat(idx), sizes, masks, torch.cat(points))
+
+
+def article_recipe(sam, batch: Batch, opts, gen) -> tuple[torch.Tensor, torch.Tensor]:
     """The article: each mask's click decoded once; its loss. Returns (loss, IoU per mask)."""
     low_res, scores = predict_logits(sam, batch.feats, batch.img_idx, batch.points, batch.sizes)
-    return compute_loss(low_res, scores, batch.masks, cfg.score_weight)
+    return compute_loss(low_res, scores, batch.masks, opts.score_weight)
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -447,10 +476,10 @@ def interactive_loss(
     return total / m, first_iou
 
 
-def interactive_recipe(sam, batch: Batch, cfg, gen) -> tuple[torch.Tensor, torch.Tensor]:
-    """Meta's trainer: a box or a click, then cfg.clicks correction clicks (interactive_loss)."""
+def interactive_recipe(sam, batch: Batch, opts, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """Meta's trainer: a box or a click, then opts.clicks correction clicks (interactive_loss)."""
     decode_fn = functools.partial(decode, sam, batch.feats, sizes=batch.sizes)
-    return interactive_loss(decode_fn, batch.masks, gen, clicks=cfg.clicks, frame=sam.image_size)
+    return interactive_loss(decode_fn, batch.masks, gen, clicks=opts.clicks, frame=sam.image_size)
 
 
 # ----------------------------------------------------------------------------- the video recipe
@@ -459,17 +488,6 @@ def interactive_recipe(sam, batch: Batch, cfg, gen) -> tuple[torch.Tensor, torch
 # sam2.py) on cached features of the frozen encoder: clips tracked by model.track_clip, prompted
 # as video_prompts says, scored by Meta's loss (video_loss) on the decoder's low-res grid against
 # area-downscaled masks, as the interactive recipe. Void pixels (label 255) count neither way.
-
-
-@dataclass
-class Clip:
-    """A training clip of T frames and B objects: feats, T rows of encode_frames features; gts,
-    per frame (B, H, W) bool masks of the objects (None: no ground truth there); void, per frame
-    (H, W) bool pixels to ignore, or None."""
-
-    feats: Features
-    gts: list[torch.Tensor | None]
-    void: list[torch.Tensor | None]
 
 
 def video_prompts(sam, clip: Clip, gen: torch.Generator, p: float = 0.5) -> tuple[dict, list]:
@@ -530,9 +548,9 @@ def video_loss(
     return total, iou / max(n, 1)
 
 
-def video_recipe(sam, clips: list[Clip], cfg, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+def video_recipe(sam, clips: list[Clip], opts, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     """The video recipe's loss for a batch of clips (averaged over all their objects) and the IoU
-    per object (sum B,). cfg.clicks correction clicks per corrected frame."""
+    per object (sum B,). opts.clicks correction clicks per corrected frame."""
     dev = clips[0].feats.image_embed.device
     seed = int(torch.randint(2**62, (1,), generator=gen, device=gen.device))
     total, ious = 0.0, []
@@ -542,7 +560,7 @@ def video_recipe(sam, clips: list[Clip], cfg, gen: torch.Generator) -> tuple[tor
             prompts, correct = video_prompts(sam, clip, gen)
             fix = {t: _video_clicks(sam, clip.gts[t], gen) for t in correct}
             n_obj, frame = len(clip.gts[0]), lambda t, c=clip: c.feats.index([t])
-            out = track_clip(sam, frame, len(clip.gts), n_obj, prompts, fix, cfg.clicks)
+            out = track_clip(sam, frame, len(clip.gts), n_obj, prompts, fix, opts.clicks)
             loss, iou = video_loss(out, clip)
             total, ious = total + loss, [*ious, iou]
     iou = torch.cat(ious)
@@ -560,4 +578,111 @@ def _video_clicks(sam, gt: torch.Tensor, gen: torch.Generator):
     return click
 
 
-RECIPES = {"article": article_recipe, "interactive": interactive_recipe, "video": video_recipe}
+# ----------------------------------------------------------------------------- what each trains
+
+
+def image_params(sam, weight_decay: float, train_encoder: bool) -> tuple[list, list[float]]:
+    """The image recipes' trained parameters (model.freeze_for_finetune freezes the rest), in
+    one weight-decay group. Returns (the optimizer's params, each group's weight decay)."""
+    return freeze_for_finetune(sam, train_encoder), [weight_decay]
+
+
+def video_param_groups(sam, weight_decay: float) -> list[dict]:
+    """The trained parameters in Meta's two weight-decay groups (MOSE fine-tune): none on
+    biases (every name containing 'bias') and on torch.nn.LayerNorm's own parameters (that
+    exact class: SAM 2's LayerNorm2d keeps its weight decay there too), `weight_decay` on the
+    rest. Frozen parameters are left out."""
+    norms = {
+        f"{m}.{n}" if m else n
+        for m, mod in sam.named_modules()
+        if type(mod) is torch.nn.LayerNorm
+        for n, _ in mod.named_parameters(recurse=False)
+    }
+    decay, plain = [], []
+    for name, p in sam.named_parameters():
+        if p.requires_grad:
+            (plain if "bias" in name or name in norms else decay).append(p)
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=plain, weight_decay=0.0)]
+
+
+def video_params(sam, weight_decay: float, train_encoder: bool) -> tuple[list, list[float]]:
+    """The video recipe's: all but the image encoder (model.freeze_for_video), in
+    video_param_groups. Returns (param groups, each group's weight decay)."""
+    freeze_for_video(sam)
+    groups = video_param_groups(sam, weight_decay)
+    return groups, [g["weight_decay"] for g in groups]
+
+
+# --recipe video: Meta's sam2.1_hiera_b+_MOSE_finetune.yaml (AdamW lr 5e-6, cosine to 5e-7,
+# weight decay 0.1 but none on biases and LayerNorms, gradient norm clipped at 0.1, 8 clips a
+# step: 1 per GPU on 8 GPUs, here 1 clip x 8 accumulated). Image recipes keep the article's.
+VIDEO = dict(batch_size=1, lr=5e-6, weight_decay=0.1, lr_schedule="cosine", clip_grad=0.1)
+VIDEO |= dict(accumulate=8)
+VIDEO_DEMO = dict(data="demo_videos", out="runs/demo_video", batch_size=1, frames=2, objects=2)
+VIDEO_DEMO |= dict(clicks=1, steps=6, eval_every=0, save_every=3, log_every=1, eval_clicks=1)
+VIDEO_DEMO |= dict(accumulate=1)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One recipe's rules: all that train.py and bench.py read of it.
+
+    run: its step, (sam, batch, opts, gen) -> (loss, IoU per mask; video: per object).
+    data: what a step takes: "images" (a Batch of cached images) or "clips" (a list of Clip).
+    scores: which decoder output validation scores: "first" (as the article trains and infers),
+      "best" (the highest predicted IoU, as SAM 2 shows one) or "tracked" (J&F of the video).
+    options: the Config fields `run` reads, handed over by name (take()).
+    passes: decoder passes a mask costs in a step, from opts (bench.py's memory per pass).
+    params: (sam, weight_decay, train_encoder) -> (what the optimizer trains, each group's
+      weight decay); the rest is frozen.
+    defaults, demo: flag defaults with --recipe NAME, and with --demo besides.
+    metric: the validation score's name; no_score: why there is none ({n}: validation items).
+    lean_cpu_heap: on the CPU, tune glibc's heap (train.lean_cpu_heap) for its many passes.
+    train_encoder, accumulate: whether --train-encoder and --accumulate N > 1 are allowed."""
+
+    run: Callable
+    data: str
+    scores: str
+    options: tuple[str, ...]
+    passes: Callable[[SimpleNamespace], int]
+    params: Callable[..., tuple[list, list[float]]] = image_params
+    defaults: dict = field(default_factory=dict)
+    demo: dict = field(default_factory=dict)
+    metric: str = "IoU"
+    no_score: str = "none of the {n} validation images has a usable instance"
+    lean_cpu_heap: bool = False
+    train_encoder: bool = True
+    accumulate: bool = False
+
+    def take(self, values) -> SimpleNamespace:
+        """The options this recipe reads, from `values` (train.Config, or anything with them)."""
+        return SimpleNamespace(**{k: getattr(values, k) for k in self.options})
+
+
+RECIPES = {
+    "article": Recipe(article_recipe, "images", "first", ("score_weight",), lambda o: 1),
+    "interactive": Recipe(
+        interactive_recipe,
+        "images",
+        "best",
+        ("clicks",),
+        lambda o: 1 + o.clicks,
+        lean_cpu_heap=True,
+    ),
+    "video": Recipe(
+        video_recipe,
+        "clips",
+        "tracked",
+        ("clicks",),
+        lambda o: 1 + o.clicks,  # on a frame that gets correction clicks
+        video_params,
+        defaults=VIDEO,
+        demo=VIDEO_DEMO,
+        metric="J&F",
+        no_score="no object of the {n} validation videos could be scored (J&F scores an object "
+        "on the annotated frames after the one it is prompted on, except the last; skipped "
+        "videos are named in the warnings above)",
+        train_encoder=False,
+        accumulate=True,
+    ),
+}

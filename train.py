@@ -32,10 +32,10 @@ import ctypes
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,28 +43,24 @@ import torch
 import torch.distributed as dist
 
 import data
-import recipes
 from evaluate import MAX_CLICKS as EVAL_CLICKS
-from evaluate import evaluate_features, evaluate_videos, format_table
+from evaluate import evaluate_features, format_table
 from model import (
     MODELS,
     CheckpointError,
-    Features,
     amp_dtype,
     autocast,
     check_fits,
-    encode_frames,
-    encode_images,
     evaluating,
-    freeze_for_finetune,
-    freeze_for_video,
+    freeze_for_video,  # noqa: F401 (tests use train.X)
     load_model,
     plain_warnings,
     predict_logits,
     resolve_checkpoint,
     upscale_logits,
 )
-from plumbing import checkpoints
+from plumbing import checkpoints, video
+from plumbing.cache import CachedImage, FeatureCache, free_bytes, share_images  # noqa: F401
 from plumbing.checkpoints import (  # noqa: F401 (tests and notebooks use them as train.X)
     RESUME_IGNORES,
     RESUME_MAY_CHANGE,
@@ -85,7 +81,24 @@ from plumbing.ddp import (
 )
 from plumbing.runlog import LOG_FIELDS, open_log, plot_curves  # noqa: F401
 from plumbing.stopping import Stopped, StopSignals, stop_message
-from recipes import MAX_CLICKS, RECIPES, Batch, mask_iou, uniform_points
+from plumbing.video import (  # noqa: F401
+    ClipCache,
+    fitting_flags,
+    object_frame_bytes,
+    sample_clips,
+    video_eval,
+    video_step_bytes,
+)
+from recipes import (  # noqa: F401
+    MAX_CLICKS,
+    RECIPES,
+    VIDEO,
+    VIDEO_DEMO,
+    Batch,
+    mask_iou,
+    sample_batch,
+    video_param_groups,
+)
 
 
 @dataclass
@@ -158,11 +171,13 @@ class Config:
             raise ValueError(f"--cache must be auto, gpu, cpu or off, got {self.cache!r}")
         if not self.data:
             raise ValueError("--data is required (or use --demo)")
-        if self.recipe == "video" and self.train_encoder:
-            raise ValueError("--recipe video trains on cached features: no --train-encoder")
+        if self.train_encoder and not RECIPES[self.recipe].train_encoder:
+            raise ValueError(
+                f"--recipe {self.recipe} trains on cached features: no --train-encoder"
+            )
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
-        if self.accumulate > 1 and self.recipe != "video":
+        if self.accumulate > 1 and not RECIPES[self.recipe].accumulate:
             raise ValueError(
                 "--accumulate is for --recipe video (image recipes take more images a step: "
                 "--batch-size)"
@@ -188,14 +203,6 @@ MAX_MASKS_PER_STEP = 2048
 # --demo: small enough to finish in a few minutes on a 2-core CPU
 DEMO = dict(data="demo_data", out="runs/demo", model="tiny", steps=40, batch_size=2, max_masks=4)
 DEMO |= dict(eval_every=20, save_every=20, log_every=5, eval_clicks=5)
-# --recipe video: Meta's sam2.1_hiera_b+_MOSE_finetune.yaml (AdamW lr 5e-6, cosine to 5e-7,
-# weight decay 0.1 but none on biases and LayerNorms, gradient norm clipped at 0.1, 8 clips a
-# step: 1 per GPU on 8 GPUs, here 1 clip x 8 accumulated). Image recipes keep the article's.
-VIDEO = dict(batch_size=1, lr=5e-6, weight_decay=0.1, lr_schedule="cosine", clip_grad=0.1)
-VIDEO |= dict(accumulate=8)
-VIDEO_DEMO = dict(data="demo_videos", out="runs/demo_video", batch_size=1, frames=2, objects=2)
-VIDEO_DEMO |= dict(clicks=1, steps=6, eval_every=0, save_every=3, log_every=1, eval_clicks=1)
-VIDEO_DEMO |= dict(accumulate=1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("recipe")
     g.add_argument(
         "--recipe",
-        choices=["article", "interactive", "video"],
+        choices=list(RECIPES),
         help="article: one click per mask, BCE + score loss; interactive: box or click, then "
         "--clicks correction clicks, focal + dice + IoU loss (SAM 2's trainer); video: clips, "
         "memory trained too (Meta's MOSE fine-tune; --data: DAVIS / YouTube-VOS / MOSE layout)",
@@ -285,10 +292,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     """Command line -> Config; --demo changes the defaults, flags given still win."""
     p = build_parser()
     first = p.parse_args(argv)
-    if first.recipe == "video":
-        p.set_defaults(**VIDEO)
+    recipe = RECIPES[first.recipe]
+    p.set_defaults(**recipe.defaults)
     if first.demo:
-        p.set_defaults(**(DEMO | VIDEO_DEMO if first.recipe == "video" else DEMO))
+        p.set_defaults(**(DEMO | recipe.demo))
     try:
         return Config(**vars(p.parse_args(argv)))
     except ValueError as e:
@@ -311,7 +318,7 @@ def lean_cpu_heap() -> None:
     """Interactive recipe on the CPU (glibc): map tensors of 8 MiB and up from the system and
     give them back when freed. By default glibc raises that limit to 32 MiB as such tensors
     are freed and keeps them in its heap, which the recipe's passes and recomputations
-    fragment: a demo run (README, "Memory") peaked at 6.5 GiB of RSS, 4.1 GiB with this, for
+    fragment: a demo run (docs/speed.md#memory) peaked at 6.5 GiB of RSS, 4.1 GiB with this, for
     more page faults (about 20% more CPU time)."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
         ctypes.CDLL(None).mallopt(-3, 8 << 20)  # -3: M_MMAP_THRESHOLD
@@ -350,12 +357,7 @@ def build(cfg: Config, ctx: Context, ck: dict | None):
         if ck is not None:  # resuming: checkpoint.pt's weights replace random ones at once
             warnings.filterwarnings("ignore", "SAM 2 .* RANDOM weights")
         sam = load_model(cfg.model, "none" if ck is not None else cfg.checkpoint, ctx.device)
-    if cfg.recipe == "video":
-        freeze_for_video(sam)
-        params = video_param_groups(sam, cfg.weight_decay)
-        decays = [g["weight_decay"] for g in params]
-    else:
-        params, decays = freeze_for_finetune(sam, cfg.train_encoder), [cfg.weight_decay]
+    params, decays = RECIPES[cfg.recipe].params(sam, cfg.weight_decay, cfg.train_encoder)
     opt = torch.optim.AdamW(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=ctx.device.type == "cuda"
     )
@@ -384,24 +386,6 @@ def build(cfg: Config, ctx: Context, ck: dict | None):
     return sam, opt, scaler, gen, state
 
 
-def video_param_groups(sam, weight_decay: float) -> list[dict]:
-    """The trained parameters in Meta's two weight-decay groups (MOSE fine-tune): none on
-    biases (every name containing 'bias') and on torch.nn.LayerNorm's own parameters (that
-    exact class: SAM 2's LayerNorm2d keeps its weight decay there too), `weight_decay` on the
-    rest. Frozen parameters are left out."""
-    norms = {
-        f"{m}.{n}" if m else n
-        for m, mod in sam.named_modules()
-        if type(mod) is torch.nn.LayerNorm
-        for n, _ in mod.named_parameters(recurse=False)
-    }
-    decay, plain = [], []
-    for name, p in sam.named_parameters():
-        if p.requires_grad:
-            (plain if "bias" in name or name in norms else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay), dict(params=plain, weight_decay=0.0)]
-
-
 def lr_at(cfg: Config, step: int) -> float:
     """The learning rate of optimizer step `step` (0-based): --lr, or with --lr-schedule
     cosine Meta's CosineParamScheduler from --lr at step 0 towards --lr / 10 at --steps."""
@@ -409,159 +393,6 @@ def lr_at(cfg: Config, step: int) -> float:
         return cfg.lr
     end = cfg.lr / 10
     return end + 0.5 * (cfg.lr - end) * (1 + math.cos(math.pi * step / cfg.steps))
-
-
-# ----------------------------------------------------------------------------- feature cache
-
-
-@dataclass
-class CachedImage:
-    """One image ready for the decoder: encoder features (1 image), instance masks (N, H, W)
-    bool, one fixed click per mask (N, 2) xy (the validation prompts) and its size (H, W)."""
-
-    feats: Features
-    masks: torch.Tensor
-    points: torch.Tensor
-    hw: tuple[int, int]
-
-    def to(self, device, **kw) -> CachedImage:
-        f, m, p = (
-            self.feats.to(device, **kw),
-            self.masks.to(device, **kw),
-            self.points.to(device, **kw),
-        )
-        return CachedImage(f, m, p, self.hw)
-
-    def pin(self) -> CachedImage:  # pinned CPU memory: uploads overlap the GPU's work
-        return CachedImage(
-            self.feats.pin_memory(), self.masks.pin_memory(), self.points.pin_memory(), self.hw
-        )
-
-
-class FeatureCache:
-    """Frozen-encoder features of a split's images (this rank's share), computed once: the
-    encoder does not change during a run. Kept on the GPU, or in pinned CPU memory when that
-    does not fit; with --cache off or --train-encoder, images are read and encoded when asked.
-    `ids` lists the usable images (readable, with at least one instance)."""
-
-    def __init__(self, dataset, indices: list[int], cfg: Config, sam, device, progress: bool):
-        self.dataset, self.cfg, self.sam, self.device = dataset, cfg, sam, device
-        self.dtype = amp_dtype(device) or torch.float32  # what autocast computes in
-        self.mode = "off" if cfg.train_encoder or cfg.cache == "off" else None
-        self.images: dict[int, CachedImage] = {}
-        self.ids: list[int] = []
-        self._fill(indices, progress)
-
-    def _fill(self, indices: list[int], progress: bool = False) -> None:
-        from tqdm import tqdm
-
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self.dataset, indices),
-            batch_size=self.cfg.encode_batch,
-            num_workers=self.cfg.workers,
-            collate_fn=list,
-        )
-        bar = tqdm(total=len(indices), desc="reading + encoding", disable=not progress, leave=False)
-        for start, samples in zip(range(0, len(indices), self.cfg.encode_batch), loader):
-            bar.update(len(samples))
-            keep = [(i, s) for i, s in zip(indices[start:], samples) if s and len(s.masks)]
-            self.ids += [i for i, _ in keep]
-            if keep and self.mode != "off":
-                with torch.no_grad():
-                    images = self.encode([s for _, s in keep])
-                self.mode = self.mode or self._choose_mode(images, len(indices))
-                for (i, _), im in zip(keep, images):
-                    self._store(i, im)
-        bar.close()
-        self.mode = self.mode or "off"
-
-    def encode(self, samples: list[data.Sample]) -> list[CachedImage]:
-        """Run the encoder on `samples` -> one CachedImage each, on the training device."""
-        with autocast(self.device):
-            feats = encode_images(self.sam, [s.image for s in samples])
-        if not torch.is_grad_enabled():
-            feats = feats.to(dtype=self.dtype)  # half the memory; the decoder casts it anyway
-        return [
-            CachedImage(
-                feats.index([k]),
-                torch.from_numpy(s.masks).to(self.device),
-                torch.from_numpy(s.points).to(self.device),
-                s.image.shape[:2],
-            )
-            for k, s in enumerate(samples)
-        ]
-
-    def _choose_mode(self, images: list[CachedImage], n: int) -> str:
-        """'gpu', 'cpu' or 'off' by --cache and the free memory, from the first batch's size."""
-        if self.cfg.cache != "auto":
-            return (
-                "cpu" if self.cfg.cache == "gpu" and self.device.type != "cuda" else self.cfg.cache
-            )
-        tensors = [t for im in images for t in (im.feats.image_embed, *im.feats.high_res, im.masks)]
-        need = 1.5 * n * sum(t.numel() * t.element_size() for t in tensors) / len(images)
-        if self.device.type == "cuda" and need < 0.5 * torch.cuda.mem_get_info(self.device)[0]:
-            return "gpu"
-        if need < 0.5 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"):
-            return "cpu"
-        warnings.warn(f"feature cache would need {need / 2**30:.1f} GiB: running without it")
-        return "off"
-
-    def _store(self, i: int, im: CachedImage) -> None:
-        if self.mode == "gpu":
-            self.images[i] = im
-        elif self.mode == "cpu":
-            im = im.to("cpu")
-            self.images[i] = im.pin() if self.device.type == "cuda" else im
-
-    def keep(self, ids: list[int]) -> None:
-        """Hold exactly `ids` (reading and encoding the ones not held yet)."""
-        self.images = {i: self.images[i] for i in ids if i in self.images}
-        new = [i for i in ids if i not in self.ids]
-        self.ids = [i for i in self.ids if i in ids]
-        self._fill(new)
-
-    def get(self, ids: list[int]) -> list[CachedImage]:
-        """CachedImages of `ids` on the training device (read and encoded now if not cached)."""
-        if self.mode != "off":
-            return [self.images[i].to(self.device, non_blocking=True) for i in ids]
-        samples = [self.dataset[i] for i in ids]
-        if not all(s and len(s.masks) for s in samples):
-            raise data.DataError(f"an image of {ids} became unreadable during the run")
-        return self.encode(samples)
-
-
-def share_images(cache: FeatureCache, world: int, rank: int) -> None:
-    """Deal the usable images out again when some rank has none of its own (the others would
-    wait for it forever); every rank raises the same error when there are none at all."""
-    if world > 1:
-        lists: list = [None] * world
-        dist.all_gather_object(lists, cache.ids)
-        usable = sorted(i for ids in lists for i in ids)
-        if usable and min(map(len, lists)) == 0:
-            cache.keep(usable[rank::world] or [usable[rank % len(usable)]])
-    else:
-        usable = cache.ids
-    if not usable:
-        raise data.DataError("no usable training image: every one was unreadable or empty")
-
-
-def open_data(cfg: Config):
-    """The train split and the validation split (empty, with a warning, if there is none)."""
-    args = (cfg.max_side, cfg.min_area, cfg.seed, cfg.complex)
-    kw = dict(crowd=cfg.crowd_instances, ignore_index=cfg.ignore_index, stuff=cfg.stuff_instances)
-
-    def load(split: str):
-        if cfg.recipe == "video":
-            return data.load_videos(cfg.data, split)
-        return data.load_split(cfg.data, split, *args, **kw)
-
-    train_set = load("train")
-    try:
-        val_set = load("test")
-    except data.DataError as e:
-        warnings.warn(f"no validation images ({e}): val IoU will not be measured")
-        val_set = data.SegDataset([])
-    return train_set, val_set
 
 
 def batch_indices(step: int, ids: list[int], batch_size: int, seed: int) -> list[int]:
@@ -577,22 +408,7 @@ def batch_indices(step: int, ids: list[int], batch_size: int, seed: int) -> list
     return out
 
 
-# ----------------------------------------------------------------------------- recipe
-
-
-def sample_batch(images: list[CachedImage], max_masks: int, gen: torch.Generator) -> Batch:
-    """Up to `max_masks` random masks per image, one random click in each (no host sync)."""
-    masks, points, idx = [], [], []
-    for b, im in enumerate(images):
-        m = im.masks
-        if len(m) > max_masks:
-            m = m[torch.randperm(len(m), generator=gen, device=gen.device)[:max_masks]]
-        masks.append(m)
-        points.append(uniform_points(m, gen))  # cached masks are never empty
-        idx.append(torch.full((len(m),), b, dtype=torch.long, device=m.device))
-    feats = Features.cat([im.feats for im in images])
-    sizes = torch.tensor([im.hw for im in images]).to(feats.image_embed.device, non_blocking=True)
-    return Batch(feats, torch.cat(idx), sizes, masks, torch.cat(points))
+# ----------------------------------------------------------------------------- steps
 
 
 class Trainable(torch.nn.Module):
@@ -602,15 +418,16 @@ class Trainable(torch.nn.Module):
         super().__init__()
         self.sam = sam
 
-    def forward(self, recipe, batch: Batch, cfg: Config, gen: torch.Generator):
-        return recipe(self.sam, batch, cfg, gen)
+    def forward(self, run, batch, opts, gen: torch.Generator):
+        return run(self.sam, batch, opts, gen)
 
 
 def train_step(trainer, batch: Batch, opt, scaler, cfg: Config, gen, device: torch.device):
     """One optimizer step of cfg.recipe. Returns (loss, IoU per mask) on the device; loss is
     None when the loss or the gradients were not finite, and the update was skipped."""
+    recipe = RECIPES[cfg.recipe]
     with autocast(device):
-        loss, iou = trainer(RECIPES[cfg.recipe], batch, cfg, gen)
+        loss, iou = trainer(recipe.run, batch, recipe.take(cfg), gen)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     return finish_step(loss, opt, scaler, cfg), iou
@@ -622,13 +439,13 @@ def video_step(trainer, parts: list[list[int]], cache, opt, scaler, cfg: Config,
     Meta's loss, the step's gradient is that of the mean loss over every object of every clip
     of every process. Returns (loss, IoU per object) as train_step."""
     opt.zero_grad(set_to_none=True)
-    total, ious = 0.0, []
+    total, ious, recipe = 0.0, [], RECIPES[cfg.recipe]
     for k, ids in enumerate(parts):
         last = k == len(parts) - 1
         with contextlib.nullcontext() if ctx.world == 1 or last else trainer.no_sync():
             clips = sample_clips(cache, ids, cfg, gen)
             with autocast(ctx.device):
-                loss, iou = trainer(RECIPES[cfg.recipe], clips, cfg, gen)
+                loss, iou = trainer(recipe.run, clips, recipe.take(cfg), gen)
             summed = loss * len(iou)  # the recipe's mean over these clips' objects -> sum
             scaler.scale(summed).backward()
         total, ious = total + summed.detach(), [*ious, iou]
@@ -671,16 +488,16 @@ def finish_step(loss: torch.Tensor, opt, scaler, cfg: Config) -> torch.Tensor | 
     return loss.detach()
 
 
+# ----------------------------------------------------------------------------- validation
+
+
 @torch.no_grad()
 def evaluate(
-    sam, cache: FeatureCache, device, world: int, recipe: str = "article", chunk: int = 64
+    sam, cache: FeatureCache, device, world: int, scores: str = "first", chunk: int = 64
 ) -> float:
     """Mean IoU of the masks predicted from each val image's fixed click (all ranks): of the
-    first output, as the article trains and infers, or with --recipe interactive (which trains
-    the best of the three) of the output with the highest predicted IoU, as SAM 2 shows one.
-    Video: J&F of the first-frame-mask protocol."""
-    if isinstance(cache, ClipCache):
-        return video_eval(sam, cache, device, world)["jf_mask"]
+    first output (scores "first"), as the article trains and infers, or of the output with the
+    highest predicted IoU ("best"), as SAM 2 shows one (Recipe.scores)."""
     total, count = 0.0, 0
     with evaluating(sam):
         for i in cache.ids:
@@ -690,8 +507,9 @@ def evaluate(
                 zeros = torch.zeros(len(pts), dtype=torch.long, device=device)
                 sizes = torch.tensor([im.hw])
                 with autocast(device):
-                    low_res, scores = predict_logits(sam, im.feats, zeros, pts, sizes)
-                pick = scores.argmax(1) if recipe == "interactive" else torch.zeros_like(zeros)
+                    low_res, predicted = predict_logits(sam, im.feats, zeros, pts, sizes)
+                best = predicted.argmax(1)
+                pick = best if scores == "best" else torch.zeros_like(zeros)
                 shown = low_res[torch.arange(len(pts), device=device), pick][:, None]
                 pred = upscale_logits(shown, im.hw)[:, 0] > 0
                 total += mask_iou(pred, im.masks[s : s + chunk]).sum().item()
@@ -704,12 +522,125 @@ def evaluate(
 
 
 def click_eval(sam, cache: FeatureCache, ctx: Context, max_clicks: int) -> dict:
-    """evaluate.py's click-curve metrics on `cache` (means over every rank's masks); video: J&F."""
-    if isinstance(cache, ClipCache):
-        return video_eval(sam, cache, ctx.device, ctx.world, ("mask", "click"), ctx.rank == 0)
+    """evaluate.py's click-curve metrics on `cache` (means over every rank's masks)."""
     items = ((im.feats, im.masks, im.hw) for im in (cache.get([i])[0] for i in cache.ids))
     m = evaluate_features(sam, items, max_clicks, progress=ctx.rank == 0, total=len(cache.ids))
     return mean_over_ranks(m, ctx.world, ctx.device)
+
+
+def clip_curves(sam, cache: ClipCache, ctx: Context, max_clicks: int) -> dict:
+    """J&F of the first-frame mask and click protocols on `cache` (means over every rank's)."""
+    return video_eval(sam, cache, ctx.device, ctx.world, ("mask", "click"), ctx.rank == 0)
+
+
+# ----------------------------------------------------------------------------- images or clips
+
+
+def load_images(cfg: Config, split: str) -> data.SegDataset:
+    """The `split` of cfg.data's images, as the data flags say."""
+    kw = dict(crowd=cfg.crowd_instances, ignore_index=cfg.ignore_index, stuff=cfg.stuff_instances)
+    return data.load_split(cfg.data, split, cfg.max_side, cfg.min_area, cfg.seed, cfg.complex, **kw)
+
+
+def feature_cache(dataset, indices, cfg: Config, sam, device, progress=False, like=None):
+    """A plumbing.cache.FeatureCache of `indices` with the run's cache flags (`like`: unused,
+    each image split has its own budget)."""
+    return FeatureCache(
+        dataset,
+        indices,
+        sam,
+        device,
+        progress,
+        encode_batch=cfg.encode_batch,
+        workers=cfg.workers,
+        cache=cfg.cache,
+        train_encoder=cfg.train_encoder,
+    )
+
+
+def clip_cache(videos, indices, cfg: Config, sam, device, progress=False, like=None):
+    """A plumbing.video.ClipCache of `indices`, leaving room for a step's activations; `like`:
+    the run's other ClipCache, whose memory budget it shares (each would take half the RAM)."""
+    step = video_step_bytes(cfg, object_frame_bytes(device, sam.image_size))
+    cache = ClipCache(videos, indices, sam, device, progress, cache=cfg.cache, step_bytes=step)
+    if like is not None:
+        cache.room = like.room
+    return cache
+
+
+def image_step(trainer, ids: list[int], cache, opt, scaler, cfg: Config, gen, ctx: Context):
+    """train_step on the images `ids` (sample_batch draws their masks and clicks)."""
+    batch = sample_batch(cache.get(ids), cfg.max_masks, gen)
+    return train_step(trainer, batch, opt, scaler, cfg, gen, ctx.device)
+
+
+def clip_step(trainer, ids: list[int], cache, opt, scaler, cfg: Config, gen, ctx: Context):
+    """video_step on the videos `ids`: --accumulate micro-batches of --batch-size clips."""
+    parts = [ids[k : k + cfg.batch_size] for k in range(0, len(ids), cfg.batch_size)]
+    return video_step(trainer, parts, cache, opt, scaler, cfg, gen, ctx)
+
+
+def check_video_memory(cfg: Config, ctx: Context, image_size: int) -> None:
+    """plumbing.video.check_video_memory for this run: refuse a step that would not fit."""
+    video.check_video_memory(cfg, ctx.device, ctx.world, image_size)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What differs between recipes that take images and those that take clips (Recipe.data):
+    load(cfg, split) -> dataset; cache(dataset, indices, cfg, sam, device, progress, like) ->
+    its cache; step(trainer, ids, cache, opt, scaler, cfg, gen, ctx) -> (loss, IoU); score(sam,
+    cache, ctx, Recipe.scores) -> validation's number; curves(sam, cache, ctx, max_clicks) ->
+    eval.json's metrics; check(cfg, ctx, image_size): refuse before step 1; demo(folder)."""
+
+    load: Callable
+    cache: Callable
+    step: Callable
+    score: Callable
+    curves: Callable
+    check: Callable
+    demo: Callable
+    noun: str
+
+
+KINDS = {
+    "images": Kind(
+        load_images,
+        feature_cache,
+        image_step,
+        lambda sam, cache, ctx, scores: evaluate(sam, cache, ctx.device, ctx.world, scores),
+        click_eval,
+        lambda cfg, ctx, image_size: None,
+        data.make_demo,
+        "images",
+    ),
+    "clips": Kind(
+        lambda cfg, split: data.load_videos(cfg.data, split),
+        clip_cache,
+        clip_step,
+        lambda sam, cache, ctx, scores: video_eval(sam, cache, ctx.device, ctx.world)["jf_mask"],
+        clip_curves,
+        check_video_memory,
+        data.make_video_demo,
+        "videos",
+    ),
+}
+
+
+def kind_of(cfg: Config) -> Kind:
+    return KINDS[RECIPES[cfg.recipe].data]
+
+
+def open_data(cfg: Config):
+    """The train split and the validation split (empty, with a warning, if there is none)."""
+    load = kind_of(cfg).load
+    train_set = load(cfg, "train")
+    try:
+        val_set = load(cfg, "test")
+    except data.DataError as e:
+        warnings.warn(f"no validation images ({e}): val IoU will not be measured")
+        val_set = data.SegDataset([])
+    return train_set, val_set
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -748,12 +679,11 @@ def fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
         log.writerow({"step": state.step, "lr": opt.param_groups[0]["lr"], **row})
         log_f.flush()
 
+    kind, scores = kind_of(cfg), RECIPES[cfg.recipe].scores
     if state.step == 0:  # the base model is the best so far: best.pt is never worse than it
-        state.first_iou = state.best_iou = evaluate(
-            sam, val_cache, ctx.device, ctx.world, cfg.recipe
-        )
+        state.first_iou = state.best_iou = kind.score(sam, val_cache, ctx, scores)
         if cfg.eval_clicks:
-            state.first_eval = click_eval(sam, val_cache, ctx, cfg.eval_clicks)
+            state.first_eval = kind.curves(sam, val_cache, ctx, cfg.eval_clicks)
         if rank0:
             log_row(val_iou=f"{state.first_iou:.4f}", seconds=0.0)
     stops.deferred = True  # from here a signal ends the step, saves it and stops
@@ -773,16 +703,9 @@ def fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
             if cfg.lr_schedule != "constant":
                 for group in opt.param_groups:
                     group["lr"] = lr_at(cfg, state.step)
-            if cfg.recipe == "video":  # --accumulate micro-batches of --batch-size clips
-                ids = batch_indices(
-                    state.step, train_cache.ids, cfg.batch_size * cfg.accumulate, cfg.seed
-                )
-                parts = [ids[k : k + cfg.batch_size] for k in range(0, len(ids), cfg.batch_size)]
-                loss, iou = video_step(trainer, parts, train_cache, opt, scaler, cfg, gen, ctx)
-            else:
-                ids = batch_indices(state.step, train_cache.ids, cfg.batch_size, cfg.seed)
-                batch = sample_batch(train_cache.get(ids), cfg.max_masks, gen)
-                loss, iou = train_step(trainer, batch, opt, scaler, cfg, gen, ctx.device)
+            n = cfg.batch_size * cfg.accumulate  # --accumulate > 1: clips only (Recipe.accumulate)
+            ids = batch_indices(state.step, train_cache.ids, n, cfg.seed)
+            loss, iou = kind.step(trainer, ids, train_cache, opt, scaler, cfg, gen, ctx)
             state.step += 1
             bar.update(1)
             late = time.time() - t_train > 60 * cfg.minutes
@@ -803,7 +726,7 @@ def fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
             state.run_iou += k * (iou.mean().item() - state.run_iou)
             val = None
             if state.step == last or (cfg.eval_every and state.step % cfg.eval_every == 0):
-                val = evaluate(sam, val_cache, ctx.device, ctx.world, cfg.recipe)
+                val = kind.score(sam, val_cache, ctx, scores)
             best = val is not None and val > state.best_iou
             state.best_iou = val if best else state.best_iou
             if rank0 and (state.step % cfg.log_every == 0 or val is not None):
@@ -835,7 +758,7 @@ def report_best(cfg: Config, ctx: Context, sam, val_cache: FeatureCache, before:
         dist.barrier()  # rank 0 has written best.pt
     best = copy.deepcopy(sam)
     best.load_state_dict(torch.load(ctx.out / "best.pt", weights_only=True)["model"])
-    after = click_eval(best, val_cache, ctx, cfg.eval_clicks)
+    after = kind_of(cfg).curves(best, val_cache, ctx, cfg.eval_clicks)
     if ctx.rank == 0:
         print(f"validation, base model -> best.pt:\n{format_table(after, before)}")
         text = json.dumps({"base": before, "best": after}, indent=2)
@@ -846,13 +769,7 @@ def no_score_reason(cfg: Config, val_set) -> str:
     """Why validation gave no score (evaluate() returned nan), for the run's last line."""
     if not len(val_set):
         return "there is no validation split (see the warning above)"
-    if cfg.recipe != "video":
-        return f"none of the {len(val_set)} validation images has a usable instance"
-    return (
-        f"no object of the {len(val_set)} validation videos could be scored (J&F scores an "
-        "object on the annotated frames after the one it is prompted on, except the last; "
-        "skipped videos are named in the warnings above)"
-    )
+    return RECIPES[cfg.recipe].no_score.format(n=len(val_set))
 
 
 def train(cfg: Config) -> dict:
@@ -871,12 +788,14 @@ def train(cfg: Config) -> dict:
 def run_training(cfg: Config, stops: StopSignals) -> dict:
     """train() without the signal handling."""
     rank, world, device = setup_distributed(cfg.device)
-    if device.type == "cpu" and cfg.recipe == "interactive":
+    recipe = RECIPES[cfg.recipe]
+    kind = KINDS[recipe.data]
+    if device.type == "cpu" and recipe.lean_cpu_heap:
         lean_cpu_heap()
     ctx = Context(rank, world, device, Path(cfg.out), stops)
     stops.rank = rank
     if cfg.demo and rank == 0 and not Path(cfg.data).exists():
-        (data.make_video_demo if cfg.recipe == "video" else data.make_demo)(cfg.data)
+        kind.demo(cfg.data)
     if cfg.demo and cfg.checkpoint is None:
         cfg.checkpoint = demo_checkpoint(cfg)
     train_set, val_set = open_data(cfg)  # before --out exists: a bad dataset leaves nothing
@@ -902,8 +821,7 @@ def run_training(cfg: Config, stops: StopSignals) -> dict:
             if rank == 0:
                 print(f"{ck_path} is already at step {state.step}: nothing to do", file=sys.stderr)
             return {**summary, **dataclasses.asdict(state)}
-        if cfg.recipe == "video":  # the model is loaded: what is free now is what a step gets
-            check_video_memory(cfg, ctx, sam.image_size)
+        kind.check(cfg, ctx, sam.image_size)  # the model is loaded: what is free, a step gets
         sam.train()
         sam.image_encoder.train(cfg.train_encoder)
         trainer = Trainable(sam)
@@ -911,20 +829,15 @@ def run_training(cfg: Config, stops: StopSignals) -> dict:
             trainer = torch.nn.parallel.DistributedDataParallel(
                 trainer, find_unused_parameters=True
             )
-        Cache = ClipCache if cfg.recipe == "video" else FeatureCache
-        train_cache = Cache(
+        train_cache = kind.cache(
             train_set, list(range(rank, len(train_set), world)), cfg, sam, device, rank == 0
         )
         share_images(train_cache, world, rank)
-        val_cache = Cache(
-            val_set, list(range(rank, len(val_set), world)), cfg, sam, device, rank == 0
-        )
-        if cfg.recipe == "video":
-            val_cache.room = train_cache.room  # one budget: each would take half the RAM
+        val_ids = list(range(rank, len(val_set), world))
+        val_cache = kind.cache(val_set, val_ids, cfg, sam, device, rank == 0, train_cache)
         if rank == 0:
             print(
-                f"{len(train_set)} train / {len(val_set)} val "
-                f"{'videos' if cfg.recipe == 'video' else 'images'}; feature cache: "
+                f"{len(train_set)} train / {len(val_set)} val {kind.noun}; feature cache: "
                 f"{train_cache.mode}; device {device}, {world} process(es)",
                 file=sys.stderr,
             )
@@ -937,7 +850,7 @@ def run_training(cfg: Config, stops: StopSignals) -> dict:
             dist.destroy_process_group()
         if rank == 0:
             plot_curves(ctx.out / "log.csv", ctx.out / "curves.png")
-            metric = "J&F" if cfg.recipe == "video" else "IoU"
+            metric = recipe.metric
             files = "model.pt (final), best.pt (best val), checkpoint.pt (resume), log.csv"
             if scored:
                 print(
@@ -974,197 +887,6 @@ def main(argv: list[str] | None = None) -> None:
         if str(e):
             print(e, file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
-
-
-# ----------------------------------------------------------------------------- video clips
-
-
-GIB_PER_OBJECT_FRAME = 0.75  # activations kept for backward, bf16, hiera any size (README)
-GIB = 2**30
-
-
-def free_bytes(device: torch.device) -> int:
-    """Memory a run on `device` may still take: the GPU's free memory, or the system's
-    MemAvailable (free pages plus the page cache the kernel can drop; MemFree alone reads ~0 on
-    a machine whose page cache is full), MemFree where there is no /proc/meminfo."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        with open("/proc/meminfo") as f:
-            line = next(line for line in f if line.startswith("MemAvailable:"))
-        return int(line.split()[1]) * 1024  # kB
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def object_frame_bytes(device: torch.device, image_size: int = 1024) -> float:
-    """Activations one object-frame keeps for backward: GIB_PER_OBJECT_FRAME in bf16 / fp16,
-    twice that in fp32 (CPU, MPS: bench.py measured 5.5 GiB for 2 frames x 2 objects on the
-    CPU), in proportion to the pixels of SAM 2's input (1024 x 1024 for every released model)."""
-    return GIB_PER_OBJECT_FRAME * (1 if amp_dtype(device) else 2) * (image_size / 1024) ** 2 * GIB
-
-
-def video_step_bytes(cfg: Config, per: float) -> float:
-    """The estimated activations of one micro-batch of the video recipe (--batch-size clips of
-    --frames x --objects, `per` bytes an object-frame): what must fit in the free memory. The
-    micro-batches a step accumulates run one after the other: they add nothing."""
-    return cfg.batch_size * cfg.frames * cfg.objects * per
-
-
-def fitting_flags(cfg: Config, per: float, free: float) -> str | None:
-    """Flags whose video_step_bytes fit in `free` bytes: one clip a micro-batch (--accumulate
-    keeps the clips a step), then the most frames x objects, at least 2 frames (ties: more
-    frames); "" if cfg fits as it is, None if not even 2 frames of 1 object fit."""
-    fit = int(free // per)  # object-frames that fit
-    best = None
-    for objects in range(min(cfg.objects, fit), 0, -1):
-        frames = min(cfg.frames, fit // objects)
-        if frames >= 2 and (best is None or frames * objects >= best[0] * best[1]):
-            best = (frames, objects)
-    if best is None:
-        return None
-    flags = []
-    if cfg.batch_size > 1:
-        flags += ["--batch-size 1", f"--accumulate {cfg.batch_size * cfg.accumulate}"]
-    flags += [f"--frames {best[0]}"] if best[0] != cfg.frames else []
-    flags += [f"--objects {best[1]}"] if best[1] != cfg.objects else []
-    return " ".join(flags)
-
-
-def gib_text(n: float) -> str:
-    return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / 2**20:.1f} MiB"
-
-
-def check_video_memory(cfg: Config, ctx: Context, image_size: int) -> None:
-    """Refuse (ValueError naming flags that fit) a video run whose step's estimated activations
-    exceed the free memory of its device, before its first step: past it, the kernel kills the
-    process without a message (CPU) or CUDA runs out mid-step. --ignore-memory: only warn."""
-    per = object_frame_bytes(ctx.device, image_size)
-    need, free = video_step_bytes(cfg, per), free_bytes(ctx.device)
-    if not agreed(need > free, ctx.world, ctx.device):  # every process refuses if one would run out
-        return
-    where = "GPU memory" if ctx.device.type == "cuda" else "RAM (fp32 on the CPU)"
-    text = (
-        f"a --recipe video step needs about {gib_text(need)} of {where} for activations "
-        f"(--batch-size {cfg.batch_size} x --frames {cfg.frames} x --objects {cfg.objects} x "
-        f"{gib_text(per)}), and {gib_text(free)} are available"
-    )
-    if cfg.ignore_memory:
-        warnings.warn(f"{text}: going on (--ignore-memory); the run may be killed")
-        return
-    flags = fitting_flags(cfg, per, free)
-    fix = (
-        f"These fit: {flags}"
-        if flags
-        else "Not even --batch-size 1 --frames 2 --objects 1 fits: free memory or use a GPU"
-    )
-    raise ValueError(
-        f"{text}: the run would be killed when memory runs out. {fix} (or pass --ignore-memory "
-        "to start anyway)"
-    )
-
-
-class ClipCache:
-    """Frozen-encoder features of video frames (this rank's share of the videos), computed the
-    first time a clip or an evaluation needs them and kept while there is room: on the GPU in
-    half of what a step's activations leave free, then in (pinned) CPU memory up to half the
-    free RAM (--cache gpu / cpu / off narrow that); frames beyond are encoded again when used.
-    `ids` lists the usable videos: those with an annotated frame that shows an object; `first`
-    maps each to the first such frame (where clips start when the frame drawn shows none)."""
-
-    def __init__(self, videos, indices: list[int], cfg: Config, sam, device, progress=False):
-        self.videos, self.cfg, self.sam, self.device = videos, cfg, sam, device
-        self.dtype = amp_dtype(device) or torch.float32
-        self.feats: dict[tuple[int, int], Features] = {}
-        self.first: dict[int, int] = {}  # video -> its first annotated frame with an object
-        self.keep(indices)
-        gpu = device.type == "cuda" and cfg.cache in ("auto", "gpu")
-        cpu = cfg.cache in ("auto", "cpu") or cfg.cache == "gpu" and not gpu
-        per = object_frame_bytes(device, sam.image_size)
-        ram, need = free_bytes(torch.device("cpu")), video_step_bytes(cfg, per)
-        free = free_bytes(device)
-        if device.type != "cuda":  # the step's activations come out of the same RAM
-            ram = max(ram - need, 0)
-        # shared with the validation cache (run_training): one budget for both
-        self.room = {"gpu": max(free - need, 0) / 2 if gpu else 0, "cpu": ram / 2 if cpu else 0}
-        self.mode = "frames kept in GPU / CPU: {:.1f} / {:.1f} GiB".format(
-            *(v / 2**30 for v in self.room.values())
-        )
-
-    def keep(self, ids: list[int]) -> None:
-        """Use exactly the videos `ids` (those usable)."""
-        for i in ids:
-            if (t := data.first_object_frame(self.videos[i])) is not None:
-                self.first[i] = t
-            else:  # load_videos has left such videos out already
-                warnings.warn(f"skipping video {self.videos[i].name}: no frame shows an object")
-        self.ids = [i for i in ids if i in self.first]
-
-    def frames(self, i: int, ts: list[int]) -> Features:
-        """Features of frames `ts` of video i, (len(ts), ...) on the training device."""
-        out = []
-        for t in ts:
-            if (f := self.feats.get((i, t))) is None:  # one frame a call: the same numbers always
-                with torch.no_grad(), autocast(self.device):
-                    f = encode_frames(self.sam, [data.read_rgb(self.videos[i].frames[t])])
-                f = f.to(dtype=self.dtype)
-                self._store((i, t), f)
-            out.append(f.to(self.device, non_blocking=True))
-        return Features.cat(out)
-
-    def _store(self, key: tuple[int, int], f: Features) -> None:
-        size = sum(t.numel() * t.element_size() for t in (f.image_embed, *f.high_res))
-        for where in ("gpu", "cpu"):
-            if self.room[where] >= size:
-                self.room[where] -= size
-                if where == "cpu":
-                    f = f.to("cpu").pin_memory() if self.device.type == "cuda" else f.to("cpu")
-                self.feats[key] = f
-                return
-
-    def items(self):
-        """(frame(t) -> features, label maps) of each video, for evaluate.evaluate_videos."""
-        for i in self.ids:
-            v = self.videos[i]
-            yield (
-                (lambda t, i=i: self.frames(i, [t])),
-                [data.video_labels(v, t) for t in range(len(v.frames))],
-            )
-
-
-def sample_clips(cache: ClipCache, ids: list[int], cfg: Config, gen) -> list[recipes.Clip]:
-    """A clip from each video `ids` (Meta's RandomUniformSampler): cfg.frames consecutive frames
-    from a random annotated frame (the video's first when the one drawn shows no object), and up
-    to cfg.objects random objects among those that frame shows."""
-    clips, dev = [], cache.device
-    for i in ids:
-        v, n = cache.videos[i], len(cache.videos[i].frames)
-        annotated = [t for t, a in enumerate(v.labels) if a and t + cfg.frames <= n]
-        starts = annotated or [cache.first[i]]
-        t0 = starts[int(torch.rand(1, generator=gen, device=gen.device).item() * len(starts))]
-        if not len(objects := data.object_ids(data.video_labels(v, t0))):
-            t0 = cache.first[i]
-            objects = data.object_ids(data.video_labels(v, t0))
-        pick = torch.randperm(len(objects), generator=gen, device=gen.device)[: cfg.objects]
-        objects, ts = objects[pick.cpu().numpy()], list(range(t0, min(t0 + cfg.frames, n)))
-        gts, void = [], []
-        for a in (data.video_labels(v, t) for t in ts):
-            gts.append(None if a is None else torch.from_numpy(a == objects[:, None, None]).to(dev))
-            bad = a is None or not (a == data.VOID).any()
-            void.append(None if bad else torch.from_numpy(a == data.VOID).to(dev))
-        clips.append(recipes.Clip(cache.frames(i, ts), gts, void))
-    return clips
-
-
-def video_eval(sam, cache: ClipCache, device, world: int, prompts=("mask",), progress=False):
-    """evaluate.evaluate_videos on the cached validation videos (means over every rank's
-    objects)."""
-    m = evaluate_videos(sam, cache.items(), prompts, progress, len(cache.ids))
-    if world > 1:
-        keys = [k for k in m if k not in ("masks", "max_clicks")]
-        t = torch.tensor([m["masks"], *(m[k] * m["masks"] for k in keys)], device=device)
-        dist.all_reduce(t.nan_to_num_(0.0))
-        m |= {"masks": int(t[0])} | {k: float(v / t[0]) for k, v in zip(keys, t[1:])}
-    return m
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@
     checkpoints  the run folder's lock, the --resume rules, what model.pt holds, atomic saves
     stopping     SIGINT / SIGTERM: save the step, then Stopped with its message
     ddp          torchrun set-up, values all ranks agree on, means over ranks
+    cache        the frozen encoder's cached image features; the one free-memory probe
+    video        the video machinery: memory check, clip cache, clip sampling, J&F
     runlog       log.csv and curves.png
     labelmaps    instance label maps: masks stitched best first, scored, coloured, written
     jobs         infer.py's images with their masks and ground truth, read ahead; --out checked

@@ -1,7 +1,9 @@
-"""Mask helpers shared by training, evaluation and inference: one IoU, one random click."""
+"""Mask helpers shared by training, evaluation and inference: one IoU, one random click, SAM's
+next click (at the deepest pixel of the larger error)."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 
@@ -40,3 +42,26 @@ def sample_points(
     k = (u * area).long().minimum(area.long() - 1)  # (N,) 0-based rank
     idx = torch.searchsorted(csum, (k + 1).to(torch.int32)[:, None]).squeeze(1)
     return torch.stack([idx % w, idx // w], dim=1).float()
+
+
+def depth(region: np.ndarray) -> np.ndarray:
+    """Distance of each pixel of `region` (H, W) bool to its boundary, the image border
+    included -> (H, W) float32."""
+    padded = np.pad(region.astype(np.uint8), 1)
+    return cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+
+
+def next_clicks(gts: np.ndarray, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SAM's next click per mask: (N, H, W) bool gts and predictions -> points (N, 2) float (x, y)
+    pixels, labels (N,) int (1 on missed object, 0 on extra background) and has_error (N,)
+    bool (False: the prediction is exact and the click is meaningless)."""
+    n, w = len(gts), gts.shape[-1]
+    points, labels = np.zeros((n, 2), np.float32), np.zeros(n, np.int64)
+    has_error = np.zeros(n, bool)
+    for i in range(n):
+        missed, extra = depth(gts[i] & ~preds[i]), depth(preds[i] & ~gts[i])
+        positive = missed.max() > extra.max()
+        d = missed if positive else extra
+        idx = int(d.argmax())
+        points[i], labels[i], has_error[i] = (idx % w, idx // w), positive, d.max() > 0
+    return points, labels, has_error

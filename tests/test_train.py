@@ -263,7 +263,7 @@ def test_loss_falls(demo):
     params = freeze_for_finetune(sam)
     sam.train()
     ds = data.load_split(demo, "train")
-    cache = train.FeatureCache(ds, list(range(len(ds))), cfg, sam, torch.device("cpu"), False)
+    cache = train.feature_cache(ds, list(range(len(ds))), cfg, sam, torch.device("cpu"), False)
     assert cache.mode == "cpu" and len(cache.images) == len(cache.ids) == 3
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -406,7 +406,7 @@ def test_failed_save_says_why_and_keeps_previous_files(tmp_path, monkeypatch, ro
     room = 0 if room_for == "nothing" else len(before["model.pt"]) + 100
     assert len(before["checkpoint.pt"]) > room  # optimizer state makes it the larger one
     real_fdopen = os.fdopen
-    monkeypatch.setattr(train.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode), room))
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode), room))
     net.weight.data += 1
     with pytest.raises(train.SaveError) as e:
         train.save_checkpoint(tmp_path, net, opt, scaler, cfg, train.State(step=2), [], best=True)

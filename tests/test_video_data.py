@@ -72,7 +72,7 @@ def test_video_with_empty_first_frame_starts_at_its_first_object(tmp_path):
     assert [v.name for v in videos] == ["train00", "train02"]
     assert [data.first_object_frame(v) for v in videos] == [1, 0]
     cfg = train.Config(data=str(root), recipe="video", frames=2, objects=3, batch_size=1)
-    cache = train.ClipCache(
+    cache = train.clip_cache(
         videos, [0, 1], cfg, SimpleNamespace(image_size=64), torch.device("cpu")
     )
     assert cache.ids == [0, 1] and cache.first == {0: 1, 1: 0}

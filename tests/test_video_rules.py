@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import evaluate
+import plumbing.video
 import recipes
 from model import encode_frames, frame_prompt, track_clip
 
@@ -287,7 +288,7 @@ def test_j_and_f_is_davis2017_evaluations(monkeypatch):
         for t in range(num_frames):
             yield t, [], torch.from_numpy(np.where(preds[t], 10.0, -10.0))[:, None].float()
 
-    monkeypatch.setattr(evaluate.model, "track_clip", fake_track)
+    monkeypatch.setattr(plumbing.video, "track_clip", fake_track)
     sam = FakeSam()
     official = davis_semi_supervised(labels, preds, "background")
     ours = evaluate.score_video(sam, None, labels)

@@ -16,6 +16,8 @@ import torch
 from test_video import small_sam
 
 import data
+import plumbing.cache
+import plumbing.video
 import train
 
 FAST = ["--model", "tiny", "--checkpoint", "none", "--device", "cpu", "--recipe", "video"]
@@ -150,7 +152,7 @@ def test_accumulated_clips_average_over_every_object(clips, base, tmp_path):
     sam = copy.deepcopy(base)
     train.freeze_for_video(sam)
     ctx = train.Context(0, 1, torch.device("cpu"), tmp_path)
-    cache = quiet(train.ClipCache, data.load_videos(clips, "train"), [0, 1], cfg, sam, ctx.device)
+    cache = quiet(train.clip_cache, data.load_videos(clips, "train"), [0, 1], cfg, sam, ctx.device)
     trainer, scaler = train.Trainable(sam), torch.amp.GradScaler("cpu", enabled=False)
     params = [p for p in sam.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=0.0)  # lr 0: weights stay, gradients are kept
@@ -177,7 +179,7 @@ def test_free_memory_is_memavailable(monkeypatch):
     meminfo = "MemTotal:  24000000 kB\nMemFree:     100000 kB\nMemAvailable: 7340032 kB\n"
     real = open
     monkeypatch.setattr(
-        train,
+        plumbing.cache,
         "open",
         lambda path, *a, **k: io.StringIO(meminfo) if path == "/proc/meminfo" else real(path),
         raising=False,
@@ -192,7 +194,7 @@ def test_refuses_before_first_step_with_flags_that_fit(clips, small, tmp_path, m
     per = train.object_frame_bytes(torch.device("cpu"), 64)  # fp32, 64 px: 6 MiB
     assert per == 1.5 * GIB / 256
     free = 3.2 * per  # 3 object-frames
-    monkeypatch.setattr(train, "free_bytes", lambda device: free)
+    monkeypatch.setattr(plumbing.video, "free_bytes", lambda device: free)
     no_val = shutil.copytree(clips, tmp_path / "no_val")
     (no_val / "ImageSets" / "2017" / "val.txt").write_text("")
     argv = ["--data", str(no_val), *FAST[:-1], "--batch-size", "2", "--accumulate", "1"]
