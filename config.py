@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from evaluate import MAX_CLICKS as EVAL_CLICKS
 from model import MODELS
 from plumbing.cli import add_data_flags, flag
+from plumbing.intensity import PixelRule
+from plumbing.tiles import MAX_TILE, MIN_TILE, check_tile, default_overlap
 from recipes import MAX_CLICKS, RECIPES
 
 
@@ -63,6 +65,11 @@ class Config:
     clip_grad: float = 0.0  # 0: no clipping
     accumulate: int = 1
     ignore_memory: bool = False
+    # issue 26: the pixel rule (plumbing.intensity) and training tiles (plumbing.tiles)
+    normalize: str = "auto"
+    channels: str = ""
+    tile: int = 0  # 0: no tiles (each image resized whole to --max-side)
+    tile_overlap: int = -1  # -1: tiles.default_overlap(tile)
 
     def __post_init__(self):  # also guards Config(...) built in a notebook
         at_least = {"steps": 1, "batch_size": 1, "max_masks": 1, "save_every": 1}
@@ -98,11 +105,23 @@ class Config:
             )
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
+        self.check_pixels()
         if self.accumulate > 1 and not RECIPES[self.recipe].accumulate:
             raise ValueError(
                 "--accumulate is for --recipe video (image recipes take more images a step: "
                 "--batch-size)"
             )
+
+    def check_pixels(self) -> None:
+        """Issue 26's fields: the pixel rule parses; --tile (0 or MIN_TILE-MAX_TILE px) and
+        --tile-overlap (-1: the default, an eighth of the tile) are in bounds."""
+        PixelRule.parse(self.normalize, self.channels)
+        if self.tile_overlap == -1 and self.tile:
+            self.tile_overlap = default_overlap(self.tile)
+        if self.tile:
+            check_tile(self.tile, self.tile_overlap)
+        elif self.tile_overlap not in (-1, 0):
+            raise ValueError("--tile-overlap is the overlap of --tile's tiles: give --tile")
 
 
 # Upper bounds of the numbers that multiply memory or time: past them a run would not fit any
@@ -205,6 +224,28 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     g.add_argument("--encode-batch", type=int, help="images per image-encoder call")
     g.add_argument(
         "--train-encoder", action="store_true", help="fine-tune the image encoder too (no cache)"
+    )
+    g = p.add_argument_group("pixels and tiles (issue 26; docs/data.md)")
+    g.add_argument(
+        "--normalize",
+        help="how pixel values become 0-255: auto (8-bit as is; 16-bit/float: percentiles "
+        "1-99.8 per image), percentile:LO,HI, range:MIN,MAX (fixed) or none",
+    )
+    g.add_argument(
+        "--channels",
+        help="which file channels become R,G,B, e.g. 1,0,0 or 2 (gray); default: gray repeated, "
+        "2 channels -> R,G, RGB as is (5+ channels need it)",
+    )
+    g.add_argument(
+        "--tile",
+        type=int,
+        help=f"train on N x N tiles of the full-resolution image ({MIN_TILE}-{MAX_TILE}; 0: "
+        "no tiles, images resized whole to --max-side): small objects keep their pixels",
+    )
+    g.add_argument(
+        "--tile-overlap",
+        type=int,
+        help="pixels shared by neighbouring tiles (default: an eighth of --tile)",
     )
     return p
 

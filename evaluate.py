@@ -40,7 +40,14 @@ from sam2.utils.misc import mask_to_box
 import data
 import model
 from model import Features, autocast, decode, encode_images, upscale_logits
-from plumbing.cli import add_trained_flags, apply_trained, pick_model
+from plumbing.cli import (
+    PIXEL_DEFAULTS,
+    TILE_DEFAULTS,
+    add_trained_flags,
+    apply_trained,
+    pick_model,
+    pixel_settings,
+)
 from plumbing.masks import mask_iou, next_clicks
 from plumbing.video import (  # noqa: F401 (video J&F lives there; tests use evaluate.X)
     BOUND_TH,
@@ -58,7 +65,7 @@ NOC_AT = (0.85, 0.90)
 MAX_CLICKS = 50  # --max-clicks at most: SAM and RITM report NoC within 20
 # How images are read where the checkpoint does not say (train.py's defaults)
 TRAINED_DEFAULTS = {"max_side": 1024, "min_area": 16, "crowd_instances": False, "ignore_index": 255}
-TRAINED_DEFAULTS |= {"stuff_instances": False}
+TRAINED_DEFAULTS |= {"stuff_instances": False} | PIXEL_DEFAULTS | TILE_DEFAULTS
 
 # predict(points (N, K, 2) | None, labels (N, K) | None, boxes (N, 4) | None, state)
 #   -> (masks (N, H, W) bool, state); state is None on the first call of a sequence
@@ -267,12 +274,14 @@ def main(argv: list[str] | None = None) -> dict:
         device = model.resolve_device(args.device)
         video = data.detect_format(args.data) == "video"  # DAVIS / YouTube-VOS / MOSE: J&F
         load = data.load_videos if video else data.load_split
-        kw = {}
-        if not video:  # the validation set train.py scored: its image settings, unless given
-            apply_trained(args, args.checkpoint, TRAINED_DEFAULTS)
-            kw = dict(max_side=args.max_side, min_area=args.min_area)
+        # the validation set train.py scored: its image settings (videos: its pixel rule)
+        apply_trained(args, args.checkpoint, PIXEL_DEFAULTS if video else TRAINED_DEFAULTS)
+        rule, tile, overlap = pixel_settings(args)
+        kw = dict(rule=rule)
+        if not video:  # --tile: scored per tile, each tile-cut instance a mask (as trained)
+            kw |= dict(max_side=args.max_side, min_area=args.min_area)
             kw |= dict(crowd=args.crowd_instances, ignore_index=args.ignore_index)
-            kw |= dict(stuff=args.stuff_instances)
+            kw |= dict(stuff=args.stuff_instances, tile=tile, tile_overlap=overlap)
         ds = load(args.data, args.split, **kw)  # before the model: bad paths fail fast
         for note in getattr(ds, "notes", []):
             print(note, file=sys.stderr)  # e.g. "test: 18 crowd (iscrowd=1) annotations skipped"

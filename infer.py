@@ -68,6 +68,7 @@ from model import (
 )
 from plumbing import cli
 from plumbing.cli import add_trained_flags, apply_trained, bounded_int, fraction
+from plumbing.intensity import DEFAULT_RULE, PixelRule
 from plumbing.jobs import Job, find_images, prefetch, read_job, writable_folder
 from plumbing.labelmaps import (
     checked_region,
@@ -79,6 +80,7 @@ from plumbing.labelmaps import (
     show,
     stitch,
 )
+from plumbing.tiled import segment_tiles
 
 __all__ = [
     "colorize",
@@ -92,7 +94,7 @@ __all__ = [
 ]
 
 # Where the checkpoint does not say: the size SAM 2 sees (train.py's default), no void value
-TRAINED_DEFAULTS = {"max_side": 1024, "ignore_index": -1}
+TRAINED_DEFAULTS = {"max_side": 1024, "ignore_index": -1} | cli.PIXEL_DEFAULTS | cli.TILE_DEFAULTS
 NOT_IN_GT = "coco_results_not_in_gt.json"  # masks of images a --gt JSON lacks
 UPSCALE_PIXELS = 1 << 25  # mask pixels upscaled at once (128 MB of logits): bounds big images
 MAX_PROMPTS = 4096  # prompts decoded per pass: their low-res logits take 256 KB each
@@ -347,13 +349,17 @@ def segment_auto(
 
 
 def load_job(
-    job: Job, gt_labpics: bool = False, dropped: list | None = None, ignore_index: int = -1
+    job: Job,
+    gt_labpics: bool = False,
+    dropped: list | None = None,
+    ignore_index: int = -1,
+    rule: PixelRule = DEFAULT_RULE,
 ):
     """Read a job's files -> image (H, W, 3) uint8, region (H, W) bool | None, gt | None (its
     8-bit value `ignore_index` read as 0) and its boxes in pixels, clipped to the image, best
     detector score first | None. Boxes left with no area are appended to `dropped` as (image
-    name, place in the file, box, why)."""
-    image, region, gt = read_job(job, gt_labpics, ignore_index)
+    name, place in the file, box, why). rule: the image's pixel rule (--normalize, --channels)."""
+    image, region, gt = read_job(job, gt_labpics, ignore_index, rule)
     h, w = image.shape[:2]
     boxes = None
     if job.boxes is not None:
@@ -416,7 +422,29 @@ def pick_model(args, parser) -> str:
 
 
 def segmenter(sam, args) -> Callable[..., np.ndarray]:
-    """(image, region, boxes, records) -> labels, as the command line asks."""
+    """(image, region, boxes, records) -> labels, as the command line asks (--tile: per tile,
+    stitched: plumbing.tiled)."""
+    run = whole_image(sam, args)
+    if not args.tile:
+        return run
+    return lambda image, region, boxes, records: segment_tiles(
+        lambda im, reg, xyxy, recs: run(im, reg, None if xyxy is None else TileBoxes(xyxy), recs),
+        image,
+        region,
+        None if boxes is None else boxes.xyxy,
+        args.tile,
+        args.tile_overlap,
+        records,
+    )
+
+
+class TileBoxes:  # a tile's boxes, as whole_image reads a job's (their xyxy)
+    def __init__(self, xyxy: np.ndarray):
+        self.xyxy = xyxy
+
+
+def whole_image(sam, args) -> Callable[..., np.ndarray]:
+    """(image, region, boxes, records) -> labels of one image (or tile) as the flags ask."""
     if args.auto:
         return lambda image, region, boxes, records: segment_auto(
             sam,
@@ -556,9 +584,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--ignore-index applies to --gt label PNGs (not a COCO JSON): give --gt")
     if args.ignore_index is not None and not -1 <= args.ignore_index <= 255:
         parser.error(f"--ignore-index must be -1 (none) or 0-255, got {args.ignore_index}")
-    # the size train.py saw (and its void value for --gt PNGs), unless given
-    used = TRAINED_DEFAULTS if png_gt else {"max_side": TRAINED_DEFAULTS["max_side"]}
+    # the size, pixel rule and tiles train.py saw (its void value for --gt PNGs), unless given
+    used = dict(TRAINED_DEFAULTS)
+    if not png_gt:
+        del used["ignore_index"]
     apply_trained(args, args.checkpoint, used)
+    try:
+        rule, args.tile, args.tile_overlap = cli.pixel_settings(args)
+    except ValueError as e:
+        parser.error(str(e))
     plain_warnings()
     coco = gt_ids = None
     if args.gt is not None and not png_gt:
@@ -572,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     first, dropped = None, []
     if not folder:  # one image: bad input is a usage error, reported before loading a model
         try:
-            first = load_job(jobs[0], args.gt_labpics, dropped, args.ignore_index)
+            first = load_job(jobs[0], args.gt_labpics, dropped, args.ignore_index, rule)
         except (DataError, ValueError) as e:
             parser.error(str(e))
     name = pick_model(args, parser)
@@ -594,7 +628,11 @@ def main(argv: list[str] | None = None) -> int:
             tqdm.write(f"warning: {job.image}: {e}", file=sys.stderr)
 
     load = partial(
-        load_job, gt_labpics=args.gt_labpics, dropped=dropped, ignore_index=args.ignore_index
+        load_job,
+        gt_labpics=args.gt_labpics,
+        dropped=dropped,
+        ignore_index=args.ignore_index,
+        rule=rule,
     )
     load = load if first is None else lambda job: first
     with ThreadPoolExecutor(1, thread_name_prefix="write") as writer:

@@ -342,6 +342,7 @@ def clip_curves(sam, cache: ClipCache, ctx: Context, max_clicks: int) -> dict:
 def load_images(cfg: Config, split: str) -> data.SegDataset:
     """The `split` of cfg.data's images, as the data flags say."""
     kw = dict(crowd=cfg.crowd_instances, ignore_index=cfg.ignore_index, stuff=cfg.stuff_instances)
+    kw |= dict(rule=(cfg.normalize, cfg.channels), tile=cfg.tile, tile_overlap=cfg.tile_overlap)
     return data.load_split(cfg.data, split, cfg.max_side, cfg.min_area, cfg.seed, cfg.complex, **kw)
 
 
@@ -418,7 +419,7 @@ KINDS = {
         "images",
     ),
     "clips": Kind(
-        lambda cfg, split: data.load_videos(cfg.data, split),
+        lambda cfg, split: data.load_videos(cfg.data, split, (cfg.normalize, cfg.channels)),
         clip_cache,
         clip_step,
         lambda sam, cache, ctx, scores: video_eval(sam, cache, ctx.device, ctx.world)["jf_mask"],

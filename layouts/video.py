@@ -17,7 +17,8 @@ import numpy as np
 from layouts.base import Layout, Parts, Record, check_record, images_in, norm_split, some
 from layouts.labels import label_map
 from plumbing.files import DataError, read_lines
-from plumbing.images import colour_keys, decode_label
+from plumbing.images import colour_keys, decode_label, read_image
+from plumbing.intensity import DEFAULT_RULE, PixelRule
 
 VOID = 255
 VIDEO_DIRS = ("JPEGImages", "Annotations")
@@ -34,6 +35,13 @@ class Video:
     labels: list[Path | None]
     orphans: list[Path] = field(default_factory=list)
     colours: np.ndarray | None = field(default=None, repr=False, compare=False)
+    rule: PixelRule = DEFAULT_RULE  # how its frames' pixels become RGB (read_frame)
+
+
+def read_frame(video: Video, t: int) -> np.ndarray:
+    """Frame t of a video (H, W, 3) uint8 RGB, by the video's pixel rule (a 16-bit time-lapse
+    gets the same --normalize / --channels as still images)."""
+    return read_image(video.frames[t], video.rule)
 
 
 def _has_videos(root: Path) -> bool:
@@ -123,15 +131,22 @@ def check_video(video: Video) -> tuple[Video, list[str]]:
         why = check_record(Record(f, a, VIDEO.name))
         (bad if why else good).append(why or (f, a))
     bad += [f"{a}: video {video.name}, frame {a.stem}: its image is missing" for a in video.orphans]
-    return Video(video.name, [f for f, _ in good], [a for _, a in good]), bad
+    kept = Video(video.name, [f for f, _ in good], [a for _, a in good], rule=video.rule)
+    return kept, bad
 
 
-def load_videos(root: str | Path, split: str = "train") -> list[Video]:
+def load_videos(
+    root: str | Path, split: str = "train", rule: PixelRule | tuple[str, str] | None = None
+) -> list[Video]:
     """find_videos with bad frames dropped, and videos without an annotated frame showing an
     object skipped, each with a warning naming it; DataError if no video is left. Training and
-    evaluation start a video at its first frame with an object (first_object_frame)."""
+    evaluation start a video at its first frame with an object (first_object_frame). rule: the
+    pixel rule of every frame (a PixelRule or its two strings, normalize and channels)."""
+    if rule is not None and not isinstance(rule, PixelRule):
+        rule = PixelRule.parse(*rule)
     out = []
     for v in find_videos(root, split)[0]:
+        v.rule = rule or DEFAULT_RULE
         v, bad = check_video(v)
         for why in bad:
             warnings.warn(f"skipping frame: {why}", stacklevel=2)

@@ -9,12 +9,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from plumbing.intensity import PixelRule
+from plumbing.tiles import MAX_TILE, MIN_TILE, check_tile, default_overlap
 from plumbing.weights import load_tensors, model_name_in
 
 # The data flags: how a dataset is read. Their defaults are Config's and data.Options'.
 DATA_FLAGS = ("complex", "crowd_instances", "ignore_index", "stuff_instances")
 # What a model was trained to see: evaluate.py and infer.py default to the checkpoint's values.
 IMAGE_SETTINGS = ("max_side", "min_area", "crowd_instances", "ignore_index", "stuff_instances")
+IMAGE_SETTINGS += ("normalize", "channels", "tile", "tile_overlap")  # issue 26: pixels, tiles
+# their fallbacks where a checkpoint has none (train.py's defaults; -1: an eighth of --tile)
+PIXEL_DEFAULTS = {"normalize": "auto", "channels": ""}
+TILE_DEFAULTS = {"tile": 0, "tile_overlap": -1}
 MAX_SIDE = 2048  # --max-side at most, as train.py's bound
 
 
@@ -121,6 +127,47 @@ def add_trained_flags(group, fallback: dict) -> None:
         )
     if "ignore_index" in fallback:
         add_data_flags(group, complex=False, crowd="crowd_instances" in fallback, fallback=fallback)
+    add_pixel_flags(group, fallback)
+
+
+def add_pixel_flags(group, fallback: dict) -> None:
+    """--normalize / --channels and --tile / --tile-overlap (issue 26) where `fallback` names
+    them, each None when not given (apply_trained fills it in)."""
+    if "normalize" in fallback:
+        group.add_argument(
+            "--normalize",
+            help="pixel values -> 0-255: auto, percentile:LO,HI, range:MIN,MAX or none "
+            "(docs/data.md)" + trained_help(fallback["normalize"]),
+        )
+        group.add_argument(
+            "--channels",
+            help="file channels -> R,G,B, e.g. 1,0,0 or 2 (gray)"
+            + trained_help(fallback["channels"] or "default"),
+        )
+    if "tile" in fallback:
+        group.add_argument(
+            "--tile",
+            type=bounded_int(0, MAX_TILE, " (0: no tiles)"),
+            help=f"work on N x N tiles of the full-resolution image ({MIN_TILE}-{MAX_TILE}; 0: "
+            "the whole image)" + trained_help(fallback["tile"]),
+        )
+        group.add_argument(
+            "--tile-overlap",
+            type=bounded_int(-1, MAX_TILE // 2, " (-1: an eighth of --tile)"),
+            help="pixels neighbouring tiles share" + trained_help("an eighth of --tile"),
+        )
+
+
+def pixel_settings(args: argparse.Namespace) -> tuple[PixelRule, int, int]:
+    """(the pixel rule, tile, overlap) that apply_trained left in `args`; ValueError naming the
+    flag when one is bad. tile 0: no tiles."""
+    rule = PixelRule.parse(args.normalize, args.channels)
+    tile = getattr(args, "tile", 0) or 0
+    overlap = getattr(args, "tile_overlap", -1)
+    overlap = default_overlap(tile) if overlap is None or overlap < 0 else overlap
+    if tile:
+        check_tile(tile, overlap)
+    return rule, tile, overlap
 
 
 def pick_model(name: str | None, checkpoint: str | None) -> str:

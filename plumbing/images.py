@@ -110,6 +110,28 @@ def read_raw(path: str | Path) -> np.ndarray:
     return decode_raw(read_bytes(Path(path)), path)[0]
 
 
+def channel_count(path: str | Path) -> int:
+    """The channels decode_raw gives a file, from its header: a TIFF's channel axes (or its
+    one other axis, _to_hwc's rule), a PNG's colour type (alpha dropped); other files 3."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+        if head[:4] in TIFF_MAGICS:
+            f.seek(0)
+            try:
+                with tifffile.TiffFile(f) as tif:
+                    shape, axes, _ = _tiff_planes(tif)
+            except Exception:
+                return 3  # read by OpenCV, if at all: the read says why not
+            chans = [n for n, a in zip(shape, axes) if a in CHANNEL_AXES]
+            others = [n for n, a in zip(shape, axes) if a not in "YX" + CHANNEL_AXES and n > 1]
+            if not chans and len(others) == 1:
+                chans = others
+            return int(np.prod(chans)) if chans else 1
+    if head[:8] == PNG_SIGNATURE and len(head) > 25:
+        return 1 if head[25] in (0, 4) else 3  # gray (+ alpha) or colour / palette
+    return 3
+
+
 def _eight_bit(data: np.ndarray) -> bool:
     """Whether cv2.imread reads this file whole and unshifted as 8-bit, 1/3/4 channels: the
     files read exactly as before the PixelRule existed (header only)."""

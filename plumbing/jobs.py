@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from plumbing.images import IMAGE_EXTS, read_label_map, read_rgb
+from plumbing.intensity import DEFAULT_RULE, PixelRule
 
 
 @dataclass
@@ -89,12 +90,12 @@ def by_stem(folder: Path) -> dict[str, Path]:
 
 
 def read_job(
-    job: Job, gt_labpics: bool = False, ignore_index: int = -1
+    job: Job, gt_labpics: bool = False, ignore_index: int = -1, rule: PixelRule = DEFAULT_RULE
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Read a job's image files -> image (H, W, 3) uint8, region (H, W) bool | None and gt
     (H, W) ids | None (its 8-bit value `ignore_index` read as 0); a ValueError where the mask
-    is empty or a size differs from the image's."""
-    image = read_rgb(job.image)
+    is empty or a size differs from the image's. rule: the image's pixel rule."""
+    image = read_rgb(job.image, rule)
     h, w = image.shape[:2]
     region = gt = None
     if job.mask is not None:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from layouts.video import VOID, first_object_frame, object_ids, video_labels
+from layouts.video import VOID, first_object_frame, object_ids, read_frame, video_labels
 from model import (
     Features,
     amp_dtype,
@@ -29,7 +29,6 @@ from model import (
 )
 from plumbing.cache import free_bytes
 from plumbing.ddp import agreed, mean_over_ranks
-from plumbing.images import read_rgb
 from plumbing.masks import next_clicks
 
 # activations kept for backward, bf16, hiera any size (docs/video.md#cost)
@@ -173,7 +172,7 @@ class ClipCache:
         for t in ts:
             if (f := self.feats.get((i, t))) is None:  # one frame a call: the same numbers always
                 with torch.no_grad(), autocast(self.device):
-                    f = encode_frames(self.sam, [read_rgb(self.videos[i].frames[t])])
+                    f = encode_frames(self.sam, [read_frame(self.videos[i], t)])
                 f = f.to(dtype=self.dtype)
                 self._store((i, t), f)
             out.append(f.to(self.device, non_blocking=True))
@@ -347,6 +346,6 @@ def encoded_videos(sam, videos: list, device):
 
         def frame(t, v=v):
             with torch.no_grad(), autocast(device):
-                return encode_frames(sam, [read_rgb(v.frames[t])])
+                return encode_frames(sam, [read_frame(v, t)])
 
         yield frame, [video_labels(v, t) for t in range(len(v.frames))]
