@@ -80,7 +80,7 @@ from plumbing.labelmaps import (
     show,
     stitch,
 )
-from plumbing.tiled import segment_tiles
+from plumbing.tiled import tiled
 
 __all__ = [
     "colorize",
@@ -425,22 +425,7 @@ def segmenter(sam, args) -> Callable[..., np.ndarray]:
     """(image, region, boxes, records) -> labels, as the command line asks (--tile: per tile,
     stitched: plumbing.tiled)."""
     run = whole_image(sam, args)
-    if not args.tile:
-        return run
-    return lambda image, region, boxes, records: segment_tiles(
-        lambda im, reg, xyxy, recs: run(im, reg, None if xyxy is None else TileBoxes(xyxy), recs),
-        image,
-        region,
-        None if boxes is None else boxes.xyxy,
-        args.tile,
-        args.tile_overlap,
-        records,
-    )
-
-
-class TileBoxes:  # a tile's boxes, as whole_image reads a job's (their xyxy)
-    def __init__(self, xyxy: np.ndarray):
-        self.xyxy = xyxy
+    return tiled(run, args.tile, args.tile_overlap) if args.tile else run
 
 
 def whole_image(sam, args) -> Callable[..., np.ndarray]:

@@ -5,6 +5,7 @@ tile: the model sees one tile at a time; the image-sized arrays are the image, t
 map and one bool column strip per object for its COCO RLE.
 
     labels = segment_tiles(run, image, region, boxes, tile=1024, overlap=128, records=[])
+    run_tiled = tiled(run, 1024, 128)   # the same, as infer.py's segmenter
 """
 
 from __future__ import annotations
@@ -113,3 +114,30 @@ def segment_tiles(
             seg = label_rle(labels, k, x0, x1)
             records.append({"prompt": prompt, "score": score, "label": k, "segmentation": seg})
     return labels.astype(np.uint16)
+
+
+class TileBoxes:
+    """A tile's boxes, as a segmenter reads a job's (their xyxy, (K, 4))."""
+
+    def __init__(self, xyxy: np.ndarray):
+        self.xyxy = xyxy
+
+
+def tiled(run: Segmenter, tile: int, overlap: int) -> Segmenter:
+    """A segmenter (image, region, boxes with .xyxy | None, records) -> labels that runs `run`
+    per tile (segment_tiles)."""
+
+    def per_tile(image, region, boxes, records):
+        return segment_tiles(
+            lambda im, reg, xyxy, recs: run(
+                im, reg, None if xyxy is None else TileBoxes(xyxy), recs
+            ),
+            image,
+            region,
+            None if boxes is None else boxes.xyxy,
+            tile,
+            overlap,
+            records,
+        )
+
+    return per_tile
