@@ -28,43 +28,38 @@ from test_tiles import OVERLAP, SIZE, TILE, disks  # noqa: E402
 FAST = ["--model", "tiny", "--checkpoint", "none", "--device", "cpu", "--workers", "0"]
 FAST += ["--steps", "1", "--batch-size", "1", "--max-masks", "2", "--eval-clicks", "0"]
 FAST += ["--eval-every", "0"]
-KINDS = {  # name: (pixels of one 64 x 64 image as tifffile writes them, --normalize, --channels)
-    "float32-2ch": (
-        lambda lab, rng: np.stack(
-            [lab * 0.7 + rng.random(lab.shape), rng.random(lab.shape)]
-        ).astype(np.float32),
-        "range:0,2",
-        "0,1",
+KINDS = {  # pixels of a 64 x 64 image, as tifffile writes them: (C, H, W) pages
+    "float32-2ch": lambda lab, rng: np.stack([lab * 0.7 + rng.random(lab.shape)] * 2).astype(
+        np.float32
     ),
-    "uint16-5ch": (
-        lambda lab, rng: np.stack([lab * 900 + rng.integers(200, 300, lab.shape)] * 5).astype(
-            np.uint16
-        ),
-        "percentile:1,99",
-        "4,2,0",
-    ),
+    "uint16-5ch": lambda lab, rng: np.stack(
+        [lab * 900 + rng.integers(200, 300, lab.shape)] * 5
+    ).astype(np.uint16),
 }
+RULE = ("percentile:1,99", "1,0")  # channels 1 -> R, 0 -> G: both files have them
 
 
-def tiff_dataset(root: Path, kind: str) -> Path:
-    """A folder-layout dataset (2 train, 1 test) of (C, 64, 64) TIFFs with two squares each."""
+def tiff_dataset(root: Path, kinds=tuple(KINDS)) -> Path:
+    """A folder-layout dataset of (C, 64, 64) TIFFs with two squares each: one image of each
+    kind in train/ and test/."""
     rng = np.random.default_rng(0)
     lab = np.zeros((64, 64), np.uint8)
     lab[8:24, 8:24], lab[36:60, 30:54] = 1, 2
-    lab16 = lab.astype(np.int64)
-    for split, n in (("train", 2), ("test", 1)):
+    for split in ("train", "test"):
         for sub in ("images", "masks"):
             (root / split / sub).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            tifffile.imwrite(root / split / "images" / f"im{i}.tif", KINDS[kind][0](lab16, rng))
+        for i, kind in enumerate(kinds):
+            tifffile.imwrite(
+                root / split / "images" / f"im{i}.tif", KINDS[kind](lab.astype(np.int64), rng)
+            )
             cv2.imwrite(str(root / split / "masks" / f"im{i}.png"), lab)
     return root
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_tiffs_train_infer_evaluate_with_the_saved_rule(kind, tmp_path, monkeypatch, capsys):
-    root = tiff_dataset(tmp_path / "d", kind)
-    normalize, channels = KINDS[kind][1:]
+def test_tiffs_train_infer_evaluate_with_the_saved_rule(tmp_path, monkeypatch, capsys):
+    """float32 2-channel and uint16 5-channel TIFFs: one run trains on both by one rule."""
+    root = tiff_dataset(tmp_path / "d")
+    normalize, channels = RULE
     rule = PixelRule.parse(normalize, channels)
     argv = ["--data", str(root), "--out", str(tmp_path / "run"), *FAST]
     with warnings.catch_warnings():
@@ -78,7 +73,7 @@ def test_tiffs_train_infer_evaluate_with_the_saved_rule(kind, tmp_path, monkeypa
     seen = []  # the rule each image was read with
     real = jobs.read_rgb
     monkeypatch.setattr(jobs, "read_rgb", lambda p, r: seen.append(r) or real(p, r))
-    image = root / "test" / "images" / "im0.tif"
+    image = root / "test" / "images" / "im1.tif"  # the uint16 5-channel one
     out = tmp_path / "out"
     assert (
         infer.main(
@@ -99,7 +94,7 @@ def test_tiffs_train_infer_evaluate_with_the_saved_rule(kind, tmp_path, monkeypa
     assert seen == [rule]
     said = capsys.readouterr().err
     assert f"--normalize {rule.normalize}" in said and f"--channels {channels}" in said
-    assert cv2.imread(str(out / "im0_labels.png"), cv2.IMREAD_UNCHANGED).shape == (64, 64)
+    assert cv2.imread(str(out / "im1_labels.png"), cv2.IMREAD_UNCHANGED).shape == (64, 64)
 
     read = []
     real_rgb = data.record_rgb
@@ -118,11 +113,11 @@ def test_tiffs_train_infer_evaluate_with_the_saved_rule(kind, tmp_path, monkeypa
             str(tmp_path / "e.json"),
         ]
     )
-    assert read == [rule] and result["metrics"]["masks"] == 2
+    assert read == [rule, rule] and result["metrics"]["masks"] == 4
 
 
 def test_bad_channels_names_the_file(tmp_path, capsys):
-    root = tiff_dataset(tmp_path / "d", "uint16-5ch")
+    root = tiff_dataset(tmp_path / "d", ("uint16-5ch",))
     with pytest.raises(SystemExit) as e:
         train.main(["--data", str(root), "--out", str(tmp_path / "run"), *FAST, "--channels", "7"])
     assert "im0.tif: --channels 7 asks for channel 7 but the file has 5 channels" in str(e.value)
