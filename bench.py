@@ -531,7 +531,8 @@ def time_our_training(
     sam.train()
     sam.image_encoder.eval()
     trainer = train.Trainable(sam)
-    dataset = data.load_split(root, "train", cfg.max_side, cfg.min_area, cfg.seed)
+    rule = (cfg.normalize, cfg.channels)  # the run's pixel rule, as train.py reads images
+    dataset = data.load_split(root, "train", cfg.max_side, cfg.min_area, cfg.seed, rule=rule)
     names = {Path(e["image"]).name for e in entries}  # the article's images, no others
     indices = [i for i, r in enumerate(dataset.records) if r.image.name in names]
 
@@ -623,7 +624,7 @@ def time_video_training(args, work: Path, device: torch.device) -> dict:
     sam.train()
     sam.image_encoder.eval()
     step_bytes = video_step_bytes(cfg, object_frame_bytes(device, sam.image_size))
-    videos = data.load_videos(root, "train")
+    videos = data.load_videos(root, "train", (cfg.normalize, cfg.channels))
     cache = ClipCache(
         videos, list(range(clips)), sam, device, cache=cfg.cache, step_bytes=step_bytes
     )
