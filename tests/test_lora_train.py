@@ -59,21 +59,18 @@ def weights(path) -> dict:
     return torch.load(path, weights_only=True)["model"]
 
 
-def test_lora_changes_the_adapted_encoder_weights_a_frozen_run_none(demo, lora_run, tmp_path):
+def test_lora_changes_the_adapted_encoder_weights(lora_run):
+    """Only the adapted layers' weights change in the encoder (a frozen run with the same seed
+    leaves all of them as they were: test_train.test_only_decoder_and_prompt_encoder_change)."""
     base = base_weights()
-    run(["--data", str(demo), "--out", str(tmp_path), "--steps", "1", *QUICK, "--lr", "1e-3"])
-    frozen = weights(tmp_path / "model.pt")
-    assert all(torch.equal(frozen[k], base[k]) for k in base if k.startswith("image_encoder."))
     lora = weights(lora_run[0] / "model.pt")
     assert lora.keys() == base.keys()  # SAM 2's own keys: no lora_A / base_layer
     changed = {k for k in base if not torch.equal(lora[k], base[k])}
     assert {k for k in changed if k.startswith("image_encoder.")} == {
-        "image_encoder.trunk.blocks.10.attn.qkv.weight",
-        "image_encoder.trunk.blocks.10.attn.proj.weight",
-        "image_encoder.trunk.blocks.11.attn.qkv.weight",
-        "image_encoder.trunk.blocks.11.attn.proj.weight",
+        f"image_encoder.trunk.blocks.{b}.attn.{t}.weight" for b in (10, 11) for t in ("qkv", "proj")
     }
     assert all(k.startswith(("image_encoder.", "sam_mask_decoder", "sam_prompt")) for k in changed)
+    assert not any(".conv_s0." in k or ".conv_s1." in k for k in changed)
     ck = torch.load(lora_run[0] / "checkpoint.pt", weights_only=True)
     assert all(torch.equal(ck["model"][k], base[k]) for k in base if k.startswith("image_enc"))
     assert len(ck["adapters"]) == 8 and ck["config"]["lora_rank"] == 4  # A, B x 2 layers x 2
@@ -92,8 +89,6 @@ def test_model_pt_loads_strictly_and_gives_the_adapted_outputs(lora_run):
     args += (torch.tensor([[200, 300]]),)
     with torch.no_grad():
         fa, fb = encode_images(adapted, [img]), encode_images(disk, [img])
-        base = encode_images(load_model("tiny", str(out / "best.pt")), [img])  # step 0
-        assert (fa.image_embed - base.image_embed).abs().max() > 1e-4  # the adapters act
         torch.testing.assert_close(fb.image_embed, fa.image_embed, rtol=0, atol=1e-5)
         for a, b in zip(fa.high_res, fb.high_res):
             torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
@@ -122,20 +117,23 @@ def test_only_adapters_prompt_encoder_and_decoder_get_gradients(demo):
     """A real step of each image recipe (cache, batch, recipe, backward) with LoRA: gradients
     reach only the adapters, the prompt encoder and the decoder (not conv_s0/s1), and the
     optimizer holds exactly the trainable parameters."""
-    for recipe in ("article", "interactive"):
-        argv = ["--data", str(demo), "--out", "unused", "--recipe", recipe, "--clicks", "1"]
-        cfg = train.parse_args([*argv, *QUICK, *LORA])
-        ctx = train.Context(0, 1, torch.device("cpu"), cfg.out)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sam, opt, *_ = train.build(cfg, ctx, None)
-        with torch.no_grad():  # lora_B starts at zero: lora_A's gradient would be zero too
-            for n, p in sam.named_parameters():
-                if ".lora_B." in n:
-                    p.normal_(0, 0.01)
-        train_set, _ = train.open_data(cfg)
-        cache = train.feature_cache(train_set, [0, 1], cfg, sam, ctx.device)
-        assert cache.images[0].feats.first_block == 10  # the cut, not the features
+    argv = ["--data", str(demo), "--out", "unused", "--clicks", "1", *QUICK, *LORA]
+    cfg = train.parse_args(argv)
+    ctx = train.Context(0, 1, torch.device("cpu"), cfg.out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sam, opt, *_ = train.build(cfg, ctx, None)
+    trainable = {id(p) for p in sam.parameters() if p.requires_grad}
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == trainable
+    with torch.no_grad():  # lora_B starts at zero: lora_A's gradient would be zero too
+        for n, p in sam.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.01)
+    train_set, _ = train.open_data(cfg)
+    cache = train.feature_cache(train_set, [0, 1], cfg, sam, ctx.device)
+    assert cache.images[0].feats.first_block == 10  # the cut, not the features
+    for recipe in ("article", "interactive"):  # the image recipes train the same parameters
+        sam.zero_grad(set_to_none=True)
         gen = torch.Generator().manual_seed(0)
         batch = sample_batch(cache.get([0, 1]), cfg.max_masks, gen)
         loss, _ = RECIPES[recipe].run(sam, batch, RECIPES[recipe].take(cfg), gen)
@@ -149,8 +147,7 @@ def test_only_adapters_prompt_encoder_and_decoder_get_gradients(demo):
         }, recipe
         assert all(n.startswith(("image_encoder.", "sam_mask_decoder.", "sam_prompt")) for n in got)
         assert not any(".conv_s0." in n or ".conv_s1." in n for n in got)
-        trainable = {id(p) for p in sam.parameters() if p.requires_grad}
-        assert {id(p) for g in opt.param_groups for p in g["params"]} == trainable
+        assert {id(p) for n, p in sam.named_parameters() if n in got} <= trainable
 
 
 def test_sigkill_then_resume_equals_uninterrupted(demo, lora_run, tmp_path):
@@ -202,28 +199,6 @@ def test_bad_lora_flags(argv, msg, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--data", "x", "--model", "tiny", *argv])
     assert re.search(msg, capsys.readouterr().err)
-
-
-def test_export_of_a_lora_model_pt_matches_pytorch(lora_run, tmp_path):
-    """export.py takes a LoRA run's model.pt as it is; the encoder graph gives the adapted
-    model's features."""
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    import export
-    from model import preprocess
-
-    out, summary = lora_run
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert export.main(["--checkpoint", str(out / "model.pt"), "--out", str(tmp_path)]) == 0
-    image = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
-    x = preprocess([image], 1024, "cpu")
-    session = ort.InferenceSession(tmp_path / "encoder.onnx", providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    with torch.no_grad():
-        feats = encode_images(summary["model"].eval(), x)
-    want = [*feats.high_res, feats.image_embed]
-    assert max(np.abs(g - w.numpy()).max() for g, w in zip(got, want)) < 1e-4
 
 
 def test_config_records_the_adapters():
