@@ -9,6 +9,7 @@ the same loss on one fixed batch, so the speed-up comes from doing the same math
     python bench.py                                  # GPU: hiera-small, images 640-1440 px long
     python bench.py --model small --images 64 --steps 50 --json bench.json
     python bench.py --data /data/LabPicsV1           # your own LabPics V1 copy (Simple/Train)
+    python bench.py --quick --lora                   # LoRA's cost only: frozen vs K blocks
     python -m pytest -q tests/test_bench.py
 
 Figures: training masks/s through loss and optimizer step (article vs ours at steady state, and
@@ -59,7 +60,6 @@ from model import (
     predict_logits,
     resolve_device,
 )
-from plumbing.cache import FeatureCache
 from plumbing.video import ClipCache, object_frame_bytes, sample_clips, video_step_bytes
 from recipes import RECIPES, compute_loss, sample_batch
 
@@ -121,6 +121,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opt("--workers", int, "our DataLoader workers for the first pass over the files")
     opt("--video-frames", int, "frames per clip of the --recipe video timing")
     add("--video", action=argparse.BooleanOptionalAction, help="time --recipe video (--quick: off)")
+    add(
+        "--lora",
+        action="store_true",
+        help="only LoRA's cost (issue 27): a row per setting, frozen, LoRA on the last stage, "
+        "the last two, all blocks, --train-encoder",
+    )
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1 (default auto)")
     add("--seed", type=int, default=0, help="seed for data, weights, points (default 0)")
     add("--json", help="also write the figures to this JSON file")
@@ -519,17 +525,23 @@ def our_step(cache, step: int, trainer, opt, scaler, gen, cfg, device) -> int:
 
 
 def time_our_training(
-    args, root: Path, entries: list[dict], device: torch.device, recipe: str = "article"
+    args,
+    root: Path,
+    entries: list[dict],
+    device: torch.device,
+    recipe: str = "article",
+    extra: dict | None = None,
 ) -> dict:
     """train.py's path: first epoch (files read, features encoded and cached, one epoch of
-    steps) and steady state (--steps steps after --warmup more)."""
+    steps) and steady state (--steps steps after --warmup more). extra: Config fields to
+    change (LoRA's, --train-encoder)."""
     new_phase(device)
-    cfg = our_config(args, root, device, recipe)
+    cfg = dataclasses.replace(our_config(args, root, device, recipe), **(extra or {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sam, opt, scaler, gen, _ = train.build(cfg, train.Context(0, 1, device, root), None)
     sam.train()
-    sam.image_encoder.eval()
+    sam.image_encoder.train(cfg.train_encoder or cfg.lora_rank > 0)
     trainer = train.Trainable(sam)
     rule = (cfg.normalize, cfg.channels)  # the run's pixel rule, as train.py reads images
     dataset = data.load_split(root, "train", cfg.max_side, cfg.min_area, cfg.seed, rule=rule)
@@ -544,16 +556,7 @@ def time_our_training(
 
     def first_epoch() -> int:
         nonlocal cache
-        cache = FeatureCache(
-            dataset,
-            indices,
-            sam,
-            device,
-            progress=True,
-            encode_batch=cfg.encode_batch,
-            workers=cfg.workers,
-            cache=cfg.cache,
-        )
+        cache = train.feature_cache(dataset, indices, cfg, sam, device, progress=True)
         return run(0, math.ceil(len(cache.ids) / cfg.batch_size))
 
     cache = None
@@ -571,6 +574,9 @@ def time_our_training(
         "first_epoch_masks_per_s": n_first / first_secs,
         "first_epoch_s": first_secs,
         "cache": cache.mode,
+        "cache_bytes_per_image": next(iter(cache.images.values())).feats.nbytes()
+        if cache.images
+        else 0,
         "batch_size": cfg.batch_size,
         "peak_gib": peak,
         **memory,
@@ -830,6 +836,62 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def lora_settings(args) -> dict[str, dict]:
+    """The LoRA table's rows: name -> Config fields (rank 8 on qkv, as micro-sam's default)."""
+    trunk = fresh_model(args, torch.device("cpu")).image_encoder.trunk
+    depth, ends = len(trunk.blocks), trunk.stage_ends
+    rows = {"frozen (features cached)": {}}
+    for what, k in [
+        ("last stage", depth - 1 - ends[-2]),
+        ("last two stages", depth - 1 - ends[-3]),
+        ("all blocks", depth),
+    ]:
+        rows[f"LoRA, {what} (K={k})"] = dict(lora_rank=8, lora_blocks=k)
+    rows["--train-encoder (no cache)"] = dict(train_encoder=True)
+    return rows
+
+
+def run_lora(args, root: Path, device: torch.device) -> dict:
+    """LoRA's cost: train.py's article steps (time_our_training) for each lora_settings row."""
+    entries = article_entries(root, args.images)
+    rows = {}
+    for name, extra in lora_settings(args).items():
+        r = time_our_training(args, root, entries, device, extra=extra)
+        rows[name] = {**r, "settings": extra}
+    return {
+        "device": device_name(device),
+        "model": args.model,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": shlex.join(["python", "bench.py", *args.argv]),
+        "images": len(entries),
+        "steps": args.steps,
+        "lora": rows,
+    }
+
+
+def lora_report(r: dict) -> str:
+    """The LoRA table: masks/s at steady state, cache per image, one step's peak memory."""
+    peak = "peak GiB (RSS)" if r["device"].startswith("cpu") else "peak GiB"
+    frozen = next(iter(r["lora"].values()))["s_per_step"]
+    lines = [
+        "LoRA on the image encoder: cost per setting (--recipe article)",
+        f"device    {r['device']}",
+        f"model     {r['model']} (random init), {r['images']} images",
+        f"date      {r['date']}",
+        f"command   {r['command']}",
+        "",
+        f"{'setting':32}{'masks/s':>9}{'s/step':>9}{'x frozen':>10}{'cache/image':>13}{peak:>16}",
+    ]
+    for name, x in r["lora"].items():
+        cache = f"{x['cache_bytes_per_image'] / 2**20:.1f} MiB" if x["cache"] != "off" else "-"
+        top = "n/a" if x["step_peak_gib"] is None else f"{x['step_peak_gib']:.2f}"
+        lines.append(
+            f"{name:32}{x['masks_per_s']:9.2f}{x['s_per_step']:9.3f}"
+            f"{x['s_per_step'] / frozen:9.1f}x{cache:>13}{top:>16}"
+        )
+    return "\n".join(lines)
+
+
 def run_all(args, root: Path, work: Path, device: torch.device) -> dict:
     """All stages on the data at `root`; scratch files under `work`."""
     entries = article_entries(root, args.images)
@@ -889,8 +951,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.data
             else make_data(work / "data", args.images, args.sizes, args.seed)
         )
-        results = run_all(args, root, work, device)
-    print(report(results))
+        if args.lora:
+            results = run_lora(args, root, device)
+        else:
+            results = run_all(args, root, work, device)
+    print(lora_report(results) if args.lora else report(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 from evaluate import MAX_CLICKS as EVAL_CLICKS
-from model import MODELS
+from model import LORA_TARGETS, MODELS
 from plumbing.cli import add_data_flags, flag
 from plumbing.intensity import PixelRule
 from plumbing.tiles import MAX_TILE, MIN_TILE, check_tile, default_overlap
@@ -70,13 +70,19 @@ class Config:
     channels: str = ""
     tile: int = 0  # 0: no tiles (each image resized whole to --max-side)
     tile_overlap: int = -1  # -1: tiles.default_overlap(tile)
+    # issue 27: LoRA (peft) on the attention of the last --lora-blocks trunk blocks
+    lora_rank: int = 0  # 0: off
+    lora_blocks: int = 2  # the last stage of tiny and small
+    lora_targets: str = "qkv"  # comma list of model.LORA_TARGETS
+    lora_alpha: float | None = None  # peft's lora_alpha; None: the rank (scaling 1)
+    lora_dropout: float = 0.0  # peft's lora_dropout
 
     def __post_init__(self):  # also guards Config(...) built in a notebook
         at_least = {"steps": 1, "batch_size": 1, "max_masks": 1, "save_every": 1}
         at_least |= {"log_every": 1, "max_side": 1, "encode_batch": 1, "eval_every": 0}
         at_least |= {"workers": 0, "min_area": 0, "weight_decay": 0, "score_weight": 0}
         at_least |= {"clicks": 0, "eval_clicks": 0, "minutes": 0, "frames": 1, "objects": 1}
-        at_least |= {"clip_grad": 0, "accumulate": 1}
+        at_least |= {"clip_grad": 0, "accumulate": 1, "lora_rank": 0, "lora_blocks": 1}
         for name, low in at_least.items():
             if not getattr(self, name) >= low:
                 raise ValueError(f"--{flag(name)} must be >= {low}, got {getattr(self, name)}")
@@ -103,6 +109,7 @@ class Config:
             raise ValueError(
                 f"--recipe {self.recipe} trains on cached features: no --train-encoder"
             )
+        self._check_lora()
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
         self.check_pixels()
@@ -123,6 +130,41 @@ class Config:
         elif self.tile_overlap not in (-1, 0):
             raise ValueError("--tile-overlap is the overlap of --tile's tiles: give --tile")
 
+    def _check_lora(self) -> None:
+        """Issue 27's bounds: rank, blocks (this model's trunk), targets, alpha, dropout."""
+        if not self.lora_rank:
+            return
+        if self.train_encoder:
+            raise ValueError(
+                "--lora-rank with --train-encoder: LoRA adapts a frozen encoder; "
+                "--train-encoder trains all of it (choose one)"
+            )
+        depth = TRUNK_BLOCKS.get(self.model.removesuffix("-2.0"))
+        if depth and not 1 <= self.lora_blocks <= depth:
+            raise ValueError(
+                f"--lora-blocks must be 1..{depth} (the trunk blocks of --model {self.model}), "
+                f"got {self.lora_blocks}"
+            )
+        bad = [t for t in self.targets() if t not in LORA_TARGETS]
+        if bad or not self.targets():
+            raise ValueError(
+                f"--lora-targets must be a comma list of {', '.join(LORA_TARGETS)}, "
+                f"got {self.lora_targets!r}"
+            )
+        if self.lora_alpha is not None and not (
+            self.lora_alpha > 0 and math.isfinite(self.lora_alpha)
+        ):
+            raise ValueError(f"--lora-alpha must be a positive number, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+
+    def targets(self) -> tuple[str, ...]:
+        """--lora-targets as a tuple: "qkv,proj" -> ("qkv", "proj")."""
+        return tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
+
+
+# Hiera trunk blocks of each SAM 2 size (2.0 and 2.1 alike): --lora-blocks' upper bound
+TRUNK_BLOCKS = {"tiny": 12, "small": 16, "base_plus": 24, "large": 48}
 
 # Upper bounds of the numbers that multiply memory or time: past them a run would not fit any
 # GPU, or one step would take minutes. Each with the reason its message gives.
@@ -137,6 +179,7 @@ AT_MOST = {
     "frames": (64, "frames per clip; each keeps about 0.75 GiB of activations per object"),
     "objects": (16, "objects per clip; each keeps about 0.75 GiB of activations per frame"),
     "accumulate": (64, "clips per optimizer step (x --batch-size); time per step grows with it"),
+    "lora_rank": (256, "LoRA adapters' rank; past the layers' width an adapter is not low rank"),
 }
 MAX_MASKS_PER_STEP = 2048
 
@@ -247,6 +290,21 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         type=int,
         help="pixels shared by neighbouring tiles (default: an eighth of --tile)",
     )
+    g = p.add_argument_group("LoRA on the image encoder (peft; README: LoRA)")
+    g.add_argument(
+        "--lora-rank",
+        type=int,
+        help="LoRA adapters of this rank on the last --lora-blocks trunk blocks (0: off); the "
+        "cache holds the trunk's output before them, model.pt the merged weights",
+    )
+    g.add_argument(
+        "--lora-blocks",
+        type=int,
+        help="adapt the last K trunk blocks (tiny/small: 2 = last stage, 9 = last two; up to all)",
+    )
+    g.add_argument("--lora-targets", help="comma list of the attention layers adapted: qkv, proj")
+    g.add_argument("--lora-alpha", type=float, help="peft's lora_alpha (default: the rank)")
+    g.add_argument("--lora-dropout", type=float, help="peft's lora_dropout")
     return p
 
 

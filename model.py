@@ -72,6 +72,9 @@ class Features:
     def pin_memory(self) -> Features:
         return Features(self.image_embed.pin_memory(), [h.pin_memory() for h in self.high_res])
 
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in (self.image_embed, *self.high_res))
+
     @staticmethod
     def cat(parts: list[Features]) -> Features:
         return Features(

@@ -62,6 +62,7 @@ from torch.utils.checkpoint import checkpoint
 
 from model import (
     Features,
+    TrunkCut,
     decode,
     frame_prompt,
     freeze_for_finetune,
@@ -71,6 +72,7 @@ from model import (
     upscale_logits,
 )
 from plumbing.cache import CachedImage
+from plumbing.lora import finish
 from plumbing.masks import sample_points
 from plumbing.video import Clip
 
@@ -84,11 +86,13 @@ DecodeFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 @dataclass
 class Batch:
-    """One step's input to a recipe: features of B images, img_idx (M,) the image of each mask,
-    sizes (B, 2) as (H, W), masks per image [(N_i, H_i, W_i) bool] (sum N_i = M, in img_idx
-    order) and points (M, 2) one random click (x, y) inside each mask (the article's prompt)."""
+    """One step's input to a recipe: features of B images (with LoRA their cached TrunkCut,
+    which the recipe finishes with plumbing.lora.finish inside the step), img_idx (M,) the
+    image of each mask, sizes (B, 2) as (H, W), masks per image [(N_i, H_i, W_i) bool]
+    (sum N_i = M, in img_idx order) and points (M, 2) one random click (x, y) inside each mask
+    (the article's prompt)."""
 
-    feats: Features
+    feats: Features | TrunkCut
     img_idx: torch.Tensor
     sizes: torch.Tensor
     masks: list[torch.Tensor]
@@ -138,14 +142,15 @@ def sample_batch(images: list[CachedImage], max_masks: int, gen: torch.Generator
         masks.append(m)
         points.append(uniform_points(m, gen))  # cached masks are never empty
         idx.append(torch.full((len(m),), b, dtype=torch.long, device=m.device))
-    feats = Features.cat([im.feats for im in images])
-    sizes = torch.tensor([im.hw for im in images]).to(feats.image_embed.device, non_blocking=True)
+    feats = type(images[0].feats).cat([im.feats for im in images])
+    sizes = torch.tensor([im.hw for im in images]).to(images[0].masks.device, non_blocking=True)
     return Batch(feats, torch.cat(idx), sizes, masks, torch.cat(points))
 
 
 def article_recipe(sam, batch: Batch, opts, gen) -> tuple[torch.Tensor, torch.Tensor]:
     """The article: each mask's click decoded once; its loss. Returns (loss, IoU per mask)."""
-    low_res, scores = predict_logits(sam, batch.feats, batch.img_idx, batch.points, batch.sizes)
+    feats = finish(sam, batch.feats)
+    low_res, scores = predict_logits(sam, feats, batch.img_idx, batch.points, batch.sizes)
     return compute_loss(low_res, scores, batch.masks, opts.score_weight)
 
 
@@ -478,7 +483,7 @@ def interactive_loss(
 
 def interactive_recipe(sam, batch: Batch, opts, gen) -> tuple[torch.Tensor, torch.Tensor]:
     """Meta's trainer: a box or a click, then opts.clicks correction clicks (interactive_loss)."""
-    decode_fn = functools.partial(decode, sam, batch.feats, sizes=batch.sizes)
+    decode_fn = functools.partial(decode, sam, finish(sam, batch.feats), sizes=batch.sizes)
     return interactive_loss(decode_fn, batch.masks, gen, clicks=opts.clicks, frame=sam.image_size)
 
 
@@ -559,7 +564,8 @@ def video_recipe(sam, clips: list[Clip], opts, gen: torch.Generator) -> tuple[to
         for clip in clips:
             prompts, correct = video_prompts(sam, clip, gen)
             fix = {t: _video_clicks(sam, clip.gts[t], gen) for t in correct}
-            n_obj, frame = len(clip.gts[0]), lambda t, c=clip: c.feats.index([t])
+            feats = finish(sam, clip.feats, video=True)  # with LoRA: the adapted blocks, once
+            n_obj, frame = len(clip.gts[0]), lambda t, f=feats: f.index([t])
             out = track_clip(sam, frame, len(clip.gts), n_obj, prompts, fix, opts.clicks)
             loss, iou = video_loss(out, clip)
             total, ious = total + loss, [*ious, iou]

@@ -49,10 +49,13 @@ from model import (
     CheckpointError,
     amp_dtype,
     autocast,
-    check_fits,
+    check_fits,  # noqa: F401 (train.X)
+    cut_bytes,
     evaluating,
     freeze_for_video,  # noqa: F401 (tests use train.X)
+    load_lora_state,
     load_model,
+    lora_first_block,
     plain_warnings,
     predict_logits,
     resolve_checkpoint,
@@ -78,6 +81,7 @@ from plumbing.ddp import (
     mean_over_ranks,
     setup_distributed,
 )
+from plumbing.lora import add_adapters, finish, lora_settings
 from plumbing.runlog import LOG_FIELDS, open_log, plot_curves  # noqa: F401
 from plumbing.stopping import Stopped, StopSignals, stop_message
 from plumbing.video import (  # noqa: F401
@@ -161,6 +165,7 @@ def build(cfg: Config, ctx: Context, ck: dict | None):
             warnings.filterwarnings("ignore", "SAM 2 .* RANDOM weights")
         sam = load_model(cfg.model, "none" if ck is not None else cfg.checkpoint, ctx.device)
     params, decays = RECIPES[cfg.recipe].params(sam, cfg.weight_decay, cfg.train_encoder)
+    params = add_adapters(sam, params, lora_settings(dataclasses.asdict(cfg)))  # after the freeze
     opt = torch.optim.AdamW(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=ctx.device.type == "cuda"
     )
@@ -168,9 +173,10 @@ def build(cfg: Config, ctx: Context, ck: dict | None):
     gen = torch.Generator(ctx.device).manual_seed(cfg.seed + 1000 * ctx.rank)
     state = State()
     if ck is not None:
-        path = ctx.out / "checkpoint.pt"
-        check_fits(sam, ck["model"], f"checkpoint {path} for model '{cfg.model}'")
-        sam.load_state_dict(ck["model"])
+        path = ctx.out / "checkpoint.pt"  # with LoRA: base weights and adapters, unmerged
+        load_lora_state(
+            sam, ck["model"], ck.get("adapters", {}), f"checkpoint {path} for model '{cfg.model}'"
+        )
         try:
             opt.load_state_dict(ck["optimizer"])
         except (ValueError, KeyError) as e:
@@ -310,7 +316,8 @@ def evaluate(
                 zeros = torch.zeros(len(pts), dtype=torch.long, device=device)
                 sizes = torch.tensor([im.hw])
                 with autocast(device):
-                    low_res, predicted = predict_logits(sam, im.feats, zeros, pts, sizes)
+                    feats = finish(sam, im.feats)  # with LoRA: the adapted blocks, in eval mode
+                    low_res, predicted = predict_logits(sam, feats, zeros, pts, sizes)
                 best = predicted.argmax(1)
                 pick = best if scores == "best" else torch.zeros_like(zeros)
                 shown = low_res[torch.arange(len(pts), device=device), pick][:, None]
@@ -325,8 +332,15 @@ def evaluate(
 
 
 def click_eval(sam, cache: FeatureCache, ctx: Context, max_clicks: int) -> dict:
-    """evaluate.py's click-curve metrics on `cache` (means over every rank's masks)."""
-    items = ((im.feats, im.masks, im.hw) for im in (cache.get([i])[0] for i in cache.ids))
+    """evaluate.py's click-curve metrics on `cache` (means over every rank's masks); `sam`
+    finishes the cached cut with LoRA (another model than the cache's for best.pt)."""
+
+    def item(i: int):
+        (im,) = cache.get([i])
+        with torch.no_grad(), evaluating(sam), autocast(ctx.device):
+            return finish(sam, im.feats), im.masks, im.hw
+
+    items = (item(i) for i in cache.ids)
     m = evaluate_features(sam, items, max_clicks, progress=ctx.rank == 0, total=len(cache.ids))
     return mean_over_ranks(m, ctx.world, ctx.device)
 
@@ -359,6 +373,7 @@ def feature_cache(dataset, indices, cfg: Config, sam, device, progress=False, li
         workers=cfg.workers,
         cache=cfg.cache,
         train_encoder=cfg.train_encoder,
+        lora_from=lora_first_block(sam),
     )
 
 
@@ -366,7 +381,10 @@ def clip_cache(videos, indices, cfg: Config, sam, device, progress=False, like=N
     """A plumbing.video.ClipCache of `indices`, leaving room for a step's activations; `like`:
     the run's other ClipCache, whose memory budget it shares (each would take half the RAM)."""
     step = video_step_bytes(cfg, object_frame_bytes(device, sam.image_size))
-    cache = ClipCache(videos, indices, sam, device, progress, cache=cfg.cache, step_bytes=step)
+    first = lora_first_block(sam)
+    cache = ClipCache(
+        videos, indices, sam, device, progress, cache=cfg.cache, step_bytes=step, lora_from=first
+    )
     if like is not None:
         cache.room = like.room
     return cache
@@ -560,7 +578,12 @@ def report_best(cfg: Config, ctx: Context, sam, val_cache: FeatureCache, before:
     """Click curves of best.pt next to the base model's; also written to OUT/eval.json."""
     if ctx.world > 1:
         dist.barrier()  # rank 0 has written best.pt
-    best = copy.deepcopy(sam)
+    if lora_first_block(sam) is None:
+        best = copy.deepcopy(sam)
+    else:  # best.pt holds the merged weights, SAM 2's own: a model without adapters takes them
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "SAM 2 .* RANDOM weights")
+            best = load_model(cfg.model, "none", ctx.device)
     best.load_state_dict(torch.load(ctx.out / "best.pt", weights_only=True)["model"])
     after = kind_of(cfg).curves(best, val_cache, ctx, cfg.eval_clicks)
     if ctx.rank == 0:
@@ -627,7 +650,7 @@ def run_training(cfg: Config, stops: StopSignals) -> dict:
             return {**summary, **dataclasses.asdict(state)}
         kind.check(cfg, ctx, sam.image_size)  # the model is loaded: what is free, a step gets
         sam.train()
-        sam.image_encoder.train(cfg.train_encoder)
+        sam.image_encoder.train(cfg.train_encoder or cfg.lora_rank > 0)  # LoRA's dropout
         trainer = Trainable(sam)
         if world > 1:
             trainer = torch.nn.parallel.DistributedDataParallel(
@@ -645,6 +668,15 @@ def run_training(cfg: Config, stops: StopSignals) -> dict:
                 f"{train_cache.mode}; device {device}, {world} process(es)",
                 file=sys.stderr,
             )
+            if (first := lora_first_block(sam)) is not None:
+                per = cut_bytes(sam, first, train_cache.dtype)
+                print(
+                    f"LoRA rank {cfg.lora_rank} on trunk blocks {first}.."
+                    f"{len(sam.image_encoder.trunk.blocks) - 1} ({cfg.lora_targets}): the cache "
+                    f"holds the trunk's output before block {first}, {per / 2**20:.1f} MiB per "
+                    f"{kind.noun[:-1]}",
+                    file=sys.stderr,
+                )
         fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
         scored = not math.isnan(state.first_iou)  # nothing to pick best.pt by, or to compare
         if cfg.eval_clicks and state.first_eval and scored:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from model import Features, amp_dtype, autocast, encode_images
+from model import Features, TrunkCut, amp_dtype, autocast, encode_images, encode_until
 from plumbing.files import DataError
 
 
@@ -35,10 +35,11 @@ def free_bytes(device: torch.device) -> int:
 
 @dataclass
 class CachedImage:
-    """One image ready for the decoder: encoder features (1 image), instance masks (N, H, W)
-    bool, one fixed click per mask (N, 2) xy (the validation prompts) and its size (H, W)."""
+    """One image ready for the decoder: encoder features (1 image; with LoRA the TrunkCut that
+    plumbing.lora.finish completes), instance masks (N, H, W) bool, one fixed click per mask
+    (N, 2) xy (the validation prompts) and its size (H, W)."""
 
-    feats: Features
+    feats: Features | TrunkCut
     masks: torch.Tensor
     points: torch.Tensor
     hw: tuple[int, int]
@@ -64,7 +65,9 @@ class FeatureCache:
     encoded when asked. `ids` lists the usable images (readable, with at least one instance).
 
     encode_batch: images per encoder call; workers: DataLoader processes reading them; cache:
-    "auto", "gpu", "cpu" or "off" (train.py's --cache)."""
+    "auto", "gpu", "cpu" or "off" (train.py's --cache). lora_from: with LoRA, the first adapted
+    trunk block: the cache holds the trunk's cut before it (model.encode_until, no grad: what
+    is before never changes), and each step finishes it (plumbing.lora.finish) with grad."""
 
     def __init__(
         self,
@@ -78,8 +81,10 @@ class FeatureCache:
         workers: int = 2,
         cache: str = "auto",
         train_encoder: bool = False,
+        lora_from: int | None = None,
     ):
         self.dataset, self.sam, self.device = dataset, sam, device
+        self.lora_from = lora_from
         self.encode_batch, self.workers, self.cache = encode_batch, workers, cache
         self.dtype = amp_dtype(device) or torch.float32  # what autocast computes in
         self.mode = "off" if train_encoder or cache == "off" else None
@@ -112,8 +117,13 @@ class FeatureCache:
 
     def encode(self, samples: list) -> list[CachedImage]:
         """Run the encoder on `samples` (data.Sample) -> one CachedImage each, on the device."""
-        with autocast(self.device):
-            feats = encode_images(self.sam, [s.image for s in samples])
+        images = [s.image for s in samples]
+        if self.lora_from is not None:  # nothing before the cut trains: never any grad there
+            with torch.no_grad(), autocast(self.device):
+                feats = encode_until(self.sam, images, self.lora_from).to(dtype=self.dtype)
+        else:
+            with autocast(self.device):
+                feats = encode_images(self.sam, images)
         if not torch.is_grad_enabled():
             feats = feats.to(dtype=self.dtype)  # half the memory; the decoder casts it anyway
         return [
@@ -130,8 +140,7 @@ class FeatureCache:
         """'gpu', 'cpu' or 'off' by `cache` and the free memory, from the first batch's size."""
         if self.cache != "auto":
             return "cpu" if self.cache == "gpu" and self.device.type != "cuda" else self.cache
-        tensors = [t for im in images for t in (im.feats.image_embed, *im.feats.high_res, im.masks)]
-        need = 1.5 * n * sum(t.numel() * t.element_size() for t in tensors) / len(images)
+        need = 1.5 * n * sum(im.feats.nbytes() + im.masks.nbytes for im in images) / len(images)
         if self.device.type == "cuda" and need < 0.5 * free_bytes(self.device):
             return "gpu"
         if need < 0.5 * free_ram():

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from model import CheckpointError, load_tensors
+from model import CheckpointError, adapter_state, base_state, load_tensors, merge_lora
 from plumbing.cli import as_flag, flag
 from plumbing.files import write_atomic, write_part
+from plumbing.lora import merged_weights
 
 
 def claim_out(out: Path, resume: bool):
@@ -132,7 +133,8 @@ def match_model_pt(out: Path, ck: dict) -> None:
         step = None
     if step != ck["step"]:
         warnings.warn(f"{path} held step {step}, not checkpoint.pt's {ck['step']}: rewritten")
-        save_atomic(model_weights(ck["model"], ck["model_name"], ck["config"], ck["step"]), path)
+        merged = merged_weights(ck["model"], ck.get("adapters", {}), ck["config"])
+        save_atomic(model_weights(merged, ck["model_name"], ck["config"], ck["step"]), path)
 
 
 class SaveError(RuntimeError):
@@ -165,15 +167,23 @@ def save_checkpoint(
 ) -> None:
     """checkpoint.pt (resumable: model_weights + optimizer, scaler, every rank's generator
     state `gens` and the loop's `state`, whose "step" it is) and model.pt; best.pt too when
-    `best`. `config` is the run's Config as a dict ("model" names the SAM 2 size).
+    `best`. `config` is the run's Config as a dict ("model" names the SAM 2 size). With LoRA,
+    model.pt / best.pt hold the merged weights (model.merge_lora: SAM 2's own keys) and
+    checkpoint.pt the unmerged ones ("model": base_state, "adapters": adapter_state), so that
+    a resume goes on bit for bit.
 
     All files are written in full before any is put in place, so a failed write (SaveError,
     naming the file) or a stop leaves every previous file as it was; checkpoint.pt and model.pt
     always hold the same step (match_model_pt repairs a kill between their renames)."""
-    weights = model_weights(sam.state_dict(), config["model"], config, state["step"])
+    weights = model_weights(merge_lora(sam), config["model"], config, state["step"])
     resume = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "gen_states": gens}
     files = {"model.pt": weights, "best.pt": weights} if best else {"model.pt": weights}
-    files["checkpoint.pt"] = {**weights, **resume, "state": state}
+    if adapters := adapter_state(sam):
+        resume["adapters"] = {k: v.detach().cpu() for k, v in adapters.items()}
+        unmerged = model_weights(base_state(sam), config["model"], config, state["step"])
+        files["checkpoint.pt"] = {**unmerged, **resume, "state": state}
+    else:
+        files["checkpoint.pt"] = {**weights, **resume, "state": state}
     parts = {}
     try:
         for name, obj in files.items():

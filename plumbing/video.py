@@ -19,9 +19,11 @@ import torch
 from layouts.video import VOID, first_object_frame, object_ids, read_frame, video_labels
 from model import (
     Features,
+    TrunkCut,
     amp_dtype,
     autocast,
     encode_frames,
+    encode_until,
     evaluating,
     frame_prompt,
     track_clip,
@@ -29,6 +31,7 @@ from model import (
 )
 from plumbing.cache import free_bytes
 from plumbing.ddp import agreed, mean_over_ranks
+from plumbing.lora import finish
 from plumbing.masks import next_clicks
 
 # activations kept for backward, bf16, hiera any size (docs/video.md#cost)
@@ -38,11 +41,12 @@ GIB = 2**30
 
 @dataclass
 class Clip:
-    """A training clip of T frames and B objects: feats, T rows of encode_frames features; gts,
-    per frame (B, H, W) bool masks of the objects (None: no ground truth there); void, per frame
-    (H, W) bool pixels to ignore, or None."""
+    """A training clip of T frames and B objects: feats, T rows of encode_frames features (with
+    LoRA their TrunkCut, which the recipe finishes: plumbing.lora.finish); gts, per frame
+    (B, H, W) bool masks of the objects (None: no ground truth there); void, per frame (H, W)
+    bool pixels to ignore, or None."""
 
-    feats: Features
+    feats: Features | TrunkCut
     gts: list[torch.Tensor | None]
     void: list[torch.Tensor | None]
 
@@ -127,7 +131,9 @@ class ClipCache:
     then in (pinned) CPU memory up to half the free RAM (`cache` "gpu" / "cpu" / "off" narrow
     that); frames beyond are encoded again when used. `ids` lists the usable videos: those with
     an annotated frame that shows an object; `first` maps each to the first such frame (where
-    clips start when the frame drawn shows none)."""
+    clips start when the frame drawn shows none). lora_from: with LoRA, the first adapted trunk
+    block: frames are kept as the trunk's cut before it (model.encode_until), under the same
+    room rules, and finished by each step (plumbing.lora.finish)."""
 
     def __init__(
         self,
@@ -139,8 +145,10 @@ class ClipCache:
         *,
         cache: str = "auto",
         step_bytes: float = 0.0,
+        lora_from: int | None = None,
     ):
         self.videos, self.sam, self.device = videos, sam, device
+        self.lora_from = lora_from
         self.dtype = amp_dtype(device) or torch.float32
         self.feats: dict[tuple[int, int], Features] = {}
         self.first: dict[int, int] = {}  # video -> its first annotated frame with an object
@@ -166,20 +174,25 @@ class ClipCache:
                 warnings.warn(f"skipping video {self.videos[i].name}: no frame shows an object")
         self.ids = [i for i in ids if i in self.first]
 
-    def frames(self, i: int, ts: list[int]) -> Features:
-        """Features of frames `ts` of video i, (len(ts), ...) on the training device."""
+    def frames(self, i: int, ts: list[int]) -> Features | TrunkCut:
+        """Features (with LoRA: TrunkCut) of frames `ts` of video i, (len(ts), ...) on the
+        training device."""
         out = []
         for t in ts:
             if (f := self.feats.get((i, t))) is None:  # one frame a call: the same numbers always
+                image = [read_frame(self.videos[i], t)]
                 with torch.no_grad(), autocast(self.device):
-                    f = encode_frames(self.sam, [read_frame(self.videos[i], t)])
+                    if self.lora_from is None:
+                        f = encode_frames(self.sam, image)
+                    else:
+                        f = encode_until(self.sam, image, self.lora_from)
                 f = f.to(dtype=self.dtype)
                 self._store((i, t), f)
             out.append(f.to(self.device, non_blocking=True))
-        return Features.cat(out)
+        return type(out[0]).cat(out)
 
-    def _store(self, key: tuple[int, int], f: Features) -> None:
-        size = sum(t.numel() * t.element_size() for t in (f.image_embed, *f.high_res))
+    def _store(self, key: tuple[int, int], f: Features | TrunkCut) -> None:
+        size = f.nbytes()
         for where in ("gpu", "cpu"):
             if self.room[where] >= size:
                 self.room[where] -= size
@@ -188,12 +201,14 @@ class ClipCache:
                 self.feats[key] = f
                 return
 
-    def items(self):
-        """(frame(t) -> features, label maps) of each video, for evaluate_videos."""
+    def items(self, sam=None):
+        """(frame(t) -> features, label maps) of each video, for evaluate_videos; with LoRA the
+        cut is finished by `sam` (default the cache's model; report_best's best.pt: another)."""
+        sam = sam or self.sam
         for i in self.ids:
             v = self.videos[i]
             yield (
-                (lambda t, i=i: self.frames(i, [t])),
+                (lambda t, i=i: finish(sam, self.frames(i, [t]), video=True)),
                 [video_labels(v, t) for t in range(len(v.frames))],
             )
 
@@ -224,7 +239,7 @@ def sample_clips(cache: ClipCache, ids: list[int], clip, gen) -> list[Clip]:
 
 def video_eval(sam, cache: ClipCache, device, world: int, prompts=("mask",), progress=False):
     """evaluate_videos on the cached validation videos (means over every rank's objects)."""
-    m = evaluate_videos(sam, cache.items(), prompts, progress, len(cache.ids))
+    m = evaluate_videos(sam, cache.items(sam), prompts, progress, len(cache.ids))
     return mean_over_ranks(m, world, device)
 
 

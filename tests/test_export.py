@@ -17,7 +17,7 @@ pytest.importorskip("onnxscript")
 yaml = pytest.importorskip("yaml")
 
 import export  # noqa: E402
-from model import preprocess  # noqa: E402
+from model import add_lora, merge_lora, preprocess  # noqa: E402
 
 # fp32 on both sides, so only the order of sums in the runtimes' kernels differs (measured:
 # 6e-7 with onnxruntime 1.32 on x86). 1e-4 leaves a 100x margin for other CPUs' kernels and is
@@ -28,8 +28,18 @@ TUNED = "sam_mask_decoder.iou_prediction_head.layers.2.bias"
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_model):
-    """A model.pt as train.py writes it, exported by the command line without --model."""
+    """A model.pt as train.py writes it, exported by the command line without --model: of a
+    LoRA run (issue 27: adapters on the last stage, merged into SAM 2's own weights)."""
+    adapted = copy.deepcopy(tiny_model)
+    add_lora(adapted, rank=4, blocks=2, targets=("qkv", "proj"))
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if ".lora_" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
     tuned = copy.deepcopy(tiny_model)
+    tuned.load_state_dict(merge_lora(adapted))  # strict: SAM 2's own keys
+    key = "image_encoder.trunk.blocks.11.attn.qkv.weight"
+    assert not torch.equal(tuned.state_dict()[key], tiny_model.state_dict()[key])
     with torch.no_grad():
         tuned.state_dict()[TUNED].add_(0.5)
     folder = tmp_path_factory.mktemp("export")
