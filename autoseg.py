@@ -365,6 +365,50 @@ def segment_image(
     return watershed(maps, out_hw or image.shape[:2], **post)
 
 
+MIN_SIZE = 50  # infer.py --min-size: objects under this many pixels dropped (micro-sam's)
+
+
+def segment(
+    sam,
+    head: InstanceHead,
+    image: np.ndarray,
+    region: np.ndarray | None = None,
+    records: list | None = None,
+    max_side: int = 1024,
+    min_size: int = MIN_SIZE,
+    min_score: float | None = None,
+) -> np.ndarray:
+    """infer.py --auto with a trained head: segment_image on `image` resized to `max_side`
+    (as train.py saw it), labels at the image's own size (H, W) uint16, best-scored first
+    wherever ids are numbered; instances scored under `min_score` and pixels outside `region`
+    (H, W) bool dropped. `records`, a list, gets label_records' dicts (COCO RLE, score)."""
+    from skimage.segmentation import relabel_sequential
+
+    from plumbing.images import resize_longest
+
+    hw = image.shape[:2]
+    labels, scores = segment_image(
+        sam, head, resize_longest(image, max_side), hw, min_size=min_size
+    )
+    drop = np.zeros(len(scores) + 1, bool)
+    if min_score is not None:
+        drop[1:] = scores < min_score
+    if region is not None:
+        labels[~region] = 0
+        drop[1:] |= np.bincount(labels.ravel(), minlength=len(scores) + 1)[1:] == 0
+    if drop.any():
+        labels[drop[labels]] = 0
+        scores = scores[~drop[1:]]
+        labels = relabel_sequential(labels)[0].astype(np.uint16)
+    order = np.argsort(-scores, kind="stable")  # id 1: the best-scored, as the other modes
+    rank = np.zeros(len(scores) + 1, np.uint16)
+    rank[order + 1] = np.arange(1, len(scores) + 1)
+    labels, scores = rank[labels], scores[order]
+    if records is not None:
+        records += label_records(labels, scores)
+    return labels
+
+
 # ------------------------------------------------------------------------------- training
 
 # The head starts from random weights while SAM 2's decoder starts trained: at the article's
