@@ -166,8 +166,12 @@ class InstanceHead(nn.Module):
 
 
 def head_state(head: InstanceHead) -> dict:
-    """What model.pt / checkpoint.pt hold under STATE_KEY: {"config": ..., "weights": ...}."""
-    return {"config": dict(head.config), "weights": head.state_dict()}
+    """What model.pt / checkpoint.pt hold under STATE_KEY: {"config": ..., "weights": ...}
+    (CPU tensors)."""
+    return {
+        "config": dict(head.config),
+        "weights": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+    }
 
 
 def load_head(state: dict, device="cpu") -> InstanceHead:
@@ -359,3 +363,239 @@ def segment_image(
     finally:
         head.train(was)
     return watershed(maps, out_hw or image.shape[:2], **post)
+
+
+MIN_SIZE = 50  # infer.py --min-size: objects under this many pixels dropped (micro-sam's)
+
+
+def segment(
+    sam,
+    head: InstanceHead,
+    image: np.ndarray,
+    region: np.ndarray | None = None,
+    records: list | None = None,
+    max_side: int = 1024,
+    min_size: int = MIN_SIZE,
+    min_score: float | None = None,
+) -> np.ndarray:
+    """infer.py --auto with a trained head: segment_image on `image` resized to `max_side`
+    (as train.py saw it), labels at the image's own size (H, W) uint16, best-scored first
+    wherever ids are numbered; instances scored under `min_score` and pixels outside `region`
+    (H, W) bool dropped. `records`, a list, gets label_records' dicts (COCO RLE, score)."""
+    from skimage.segmentation import relabel_sequential
+
+    from plumbing.images import resize_longest
+
+    hw = image.shape[:2]
+    labels, scores = segment_image(
+        sam, head, resize_longest(image, max_side), hw, min_size=min_size
+    )
+    drop = np.zeros(len(scores) + 1, bool)
+    if min_score is not None:
+        drop[1:] = scores < min_score
+    if region is not None:
+        labels[~region] = 0
+        drop[1:] |= np.bincount(labels.ravel(), minlength=len(scores) + 1)[1:] == 0
+    if drop.any():
+        labels[drop[labels]] = 0
+        scores = scores[~drop[1:]]
+        labels = relabel_sequential(labels)[0].astype(np.uint16)
+    order = np.argsort(-scores, kind="stable")  # id 1: the best-scored, as the other modes
+    rank = np.zeros(len(scores) + 1, np.uint16)
+    rank[order + 1] = np.arange(1, len(scores) + 1)
+    labels, scores = rank[labels], scores[order]
+    if records is not None:
+        records += label_records(labels, scores)
+    return labels
+
+
+# ------------------------------------------------------------------------------- training
+
+# The head starts from random weights while SAM 2's decoder starts trained: at the article's
+# 1e-5 a fresh conv net barely moves in a demo's 40 steps. It learns at this many times --lr
+# (1e-3 at 1e-5, AdamW's usual rate for a net trained from scratch).
+HEAD_LR_SCALE = 100.0
+
+
+def add_head(params: list, decays: list[float], lr: float, weight_decay: float):
+    """A new InstanceHead (on the CPU) and the optimizer's param groups with its own appended
+    (lr x HEAD_LR_SCALE; "lr_scale" travels in the optimizer's state, so a resumed run and an
+    lr schedule keep the ratio). params, decays: a Recipe.params' (a list of parameters or of
+    groups; empty groups are dropped). Returns (head, groups, each group's weight decay)."""
+    head = InstanceHead()
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    keep = [(g, d) for g, d in zip(groups, decays) if g["params"]]
+    scale = HEAD_LR_SCALE
+    mine = {"params": list(head.parameters()), "lr": lr * scale, "lr_scale": scale}
+    return head, [g for g, _ in keep] + [mine], [d for _, d in keep] + [weight_decay]
+
+
+def targets_for(sam):
+    """masks (N, H, W) bool -> make_targets at `sam`'s head grid: what FeatureCache keeps."""
+    import functools
+
+    return functools.partial(make_targets, size=output_size(sam.image_size))
+
+
+def batch_loss(head: InstanceHead, feats, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The head's loss on a step's features (model.Features of B images) and their cached
+    targets (B, 3, h, w), and each image's foreground IoU (B,) (head > 0.5 vs target; what a
+    head-only run logs as its train IoU)."""
+    logits = head(feats)
+    targets = targets.to(logits.device, logits.dtype)
+    with torch.no_grad():
+        p, t = logits.detach() > 0, targets[:, 0] > 0.5
+        inter = (p[:, 0] & t).flatten(1).sum(1)
+        iou = inter / (p[:, 0] | t).flatten(1).sum(1).clamp(min=1)
+    return head_loss(logits, targets), iou
+
+
+def read_head(path, device="cpu") -> InstanceHead | None:
+    """The trained head a model.pt / best.pt / checkpoint.pt holds under STATE_KEY, in eval
+    mode; None for a file without one (an official SAM 2 checkpoint) or no file."""
+    from model import load_tensors
+
+    if path is None or str(path) == "none":
+        return None
+    state = load_tensors(path, mmap=True)
+    return load_head(state[STATE_KEY], device) if STATE_KEY in state else None
+
+
+# ------------------------------------------------------------------------------ scoring
+
+
+def label_records(labels: np.ndarray, scores: np.ndarray) -> list[dict]:
+    """A label map (H, W) and its scores (K,) -> infer.py's records, best first: one
+    {"prompt": k - 1, "score", "label": k, "segmentation": COCO RLE at full size} per label
+    with pixels. One full-size buffer, each object written only inside its bounding box."""
+    import scipy.ndimage as ndi
+
+    from formats import encode_mask
+
+    buf, out = np.zeros(labels.shape, bool), []
+    for k, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        buf[sl] = labels[sl] == k
+        rle = encode_mask(buf)
+        buf[sl] = False
+        out.append(
+            {"prompt": k - 1, "score": float(scores[k - 1]), "label": k, "segmentation": rle}
+        )
+    return sorted(out, key=lambda r: -r["score"])
+
+
+def scores_of(preds: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
+    """Prompt-free results of a split -> {"msa": mean over images of msa(), "ap": COCO mask AP
+    (pycocotools, class-agnostic, maxDets 100; instances ranked by their scores), "ap50",
+    "images"}. preds: per image (predicted labels (H, W), their scores (K,), ground-truth
+    masks (N, H, W) bool)."""
+    import contextlib
+    import io
+
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from formats import encode_mask
+
+    if not preds:
+        return {"msa": float("nan"), "ap": float("nan"), "ap50": float("nan"), "images": 0}
+    images, gts, dts = [], [], []
+    msas = []
+    for i, (labels, scores, masks) in enumerate(preds):
+        masks = np.asarray(masks, bool)
+        msas.append(msa(labels, label_map(masks)))
+        images.append({"id": i, "height": labels.shape[0], "width": labels.shape[1]})
+        for m in masks:
+            rle = encode_mask(m)
+            box = [float(v) for v in mask_utils.toBbox(rle)]
+            area = float(m.sum())
+            gts.append(
+                dict(id=len(gts) + 1, image_id=i, category_id=1, segmentation=rle, area=area)
+                | dict(bbox=box, iscrowd=0)
+            )
+        dts += [
+            dict(image_id=i, category_id=1, segmentation=r["segmentation"], score=r["score"])
+            for r in label_records(labels, scores)
+        ]
+    ap = ap50 = 0.0
+    if dts and gts:
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = COCO()
+            gt.dataset = {"images": images, "annotations": gts, "categories": [{"id": 1}]}
+            gt.createIndex()
+            ev = COCOeval(gt, gt.loadRes(dts), "segm")
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        ap, ap50 = (max(float(v), 0.0) for v in ev.stats[:2])  # -1: no ground truth
+    return {"msa": float(np.mean(msas)), "ap": ap, "ap50": ap50, "images": len(preds)}
+
+
+@torch.inference_mode()
+def head_predictions(head: InstanceHead, items, **post) -> list:
+    """(features of 1 image, masks (N, H, W), (H, W)) items, e.g. train.py's cached validation
+    images -> scores_of()'s list: the head's labels at each image's size."""
+    out = []
+    was = head.training
+    head.eval()
+    try:
+        for feats, masks, hw in items:
+            maps = predict_maps(head, feats)[0]
+            labels, scores = watershed(maps, tuple(hw), **post)
+            masks = masks.cpu().numpy() if torch.is_tensor(masks) else np.asarray(masks)
+            out.append((labels, scores, masks))
+    finally:
+        head.train(was)
+    return out
+
+
+def generator_predictions(sam, pairs, limit: int) -> list:
+    """SAM 2's automatic mask generator (infer.segment_auto, its defaults) on the first `limit`
+    (RGB image (H, W, 3), masks (N, H, W)) pairs -> scores_of()'s list. Slow: a 32 x 32 grid
+    of clicks per image."""
+    from infer import segment_auto
+    from plumbing.labelmaps import MAX_ID
+
+    out = []
+    for image, masks in pairs:
+        if len(out) >= limit:
+            break
+        records: list = []
+        labels = segment_auto(sam, image, records=records)
+        scores = np.zeros(MAX_ID, np.float32)
+        for r in records:
+            if r["label"]:
+                scores[r["label"] - 1] = r["score"]
+        masks = masks.cpu().numpy() if torch.is_tensor(masks) else np.asarray(masks)
+        out.append((labels, scores[: int(labels.max())], masks))
+    return out
+
+
+def cached_scores(cache, device, world: int, head=None, sam=None, limit: int = 0) -> dict:
+    """Prompt-free scores of a train.py FeatureCache (this process's share of a split):
+    of `head` on every image ({"head_msa", "head_ap", "head_ap50", "head_images"}; `sam`, if
+    given, finishes a LoRA run's cached trunk cut), or of `sam`'s generator on at most `limit`
+    images ("amg_..."; ceil(limit / world) a process).
+    With several processes, each one's means weigh by its images (AP so combined is close to,
+    not exactly, the AP of the whole split)."""
+    from plumbing.ddp import mean_over_ranks
+
+    if head is not None:  # with LoRA the cache holds a trunk cut that `sam` finishes
+        from plumbing.lora import finish
+
+        def item(i: int):
+            (im,) = cache.get([i])
+            with torch.no_grad():
+                return (im.feats if sam is None else finish(sam, im.feats)), im.masks, im.hw
+
+        got, name = scores_of(head_predictions(head, (item(i) for i in cache.ids))), "head"
+    else:
+        pairs = ((s.image, s.masks) for s in (cache.dataset[i] for i in cache.ids))
+        got = scores_of(generator_predictions(sam, pairs, -(-limit // world)))
+        name = "amg"
+    m = {"masks": got.pop("images"), "max_clicks": 0} | got
+    m = mean_over_ranks(m, world, torch.device(device))
+    m["images"] = m.pop("masks")
+    return {f"{name}_{k}": v for k, v in m.items() if k != "max_clicks"}

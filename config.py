@@ -76,6 +76,9 @@ class Config:
     lora_targets: str = "qkv"  # comma list of model.LORA_TARGETS
     lora_alpha: float | None = None  # peft's lora_alpha; None: the rank (scaling 1)
     lora_dropout: float = 0.0  # peft's lora_dropout
+    # issue 28: the prompt-free instance head (autoseg.py) and its evaluation
+    auto_decoder: bool = False  # --recipe auto implies it
+    amg_images: int = 1  # validation images SAM 2's generator scores before training
 
     def __post_init__(self):  # also guards Config(...) built in a notebook
         at_least = {"steps": 1, "batch_size": 1, "max_masks": 1, "save_every": 1}
@@ -83,6 +86,7 @@ class Config:
         at_least |= {"workers": 0, "min_area": 0, "weight_decay": 0, "score_weight": 0}
         at_least |= {"clicks": 0, "eval_clicks": 0, "minutes": 0, "frames": 1, "objects": 1}
         at_least |= {"clip_grad": 0, "accumulate": 1, "lora_rank": 0, "lora_blocks": 1}
+        at_least |= {"amg_images": 0}
         for name, low in at_least.items():
             if not getattr(self, name) >= low:
                 raise ValueError(f"--{flag(name)} must be >= {low}, got {getattr(self, name)}")
@@ -113,6 +117,10 @@ class Config:
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule!r}")
         self.check_pixels()
+        if RECIPES[self.recipe].head:
+            self.auto_decoder = True  # the recipe trains the head alone
+        if self.auto_decoder and RECIPES[self.recipe].data != "images":
+            raise ValueError(f"--auto-decoder is for image recipes, not --recipe {self.recipe}")
         if self.accumulate > 1 and not RECIPES[self.recipe].accumulate:
             raise ValueError(
                 "--accumulate is for --recipe video (image recipes take more images a step: "
@@ -180,6 +188,7 @@ AT_MOST = {
     "objects": (16, "objects per clip; each keeps about 0.75 GiB of activations per frame"),
     "accumulate": (64, "clips per optimizer step (x --batch-size); time per step grows with it"),
     "lora_rank": (256, "LoRA adapters' rank; past the layers' width an adapter is not low rank"),
+    "amg_images": (1000, "SAM 2's generator decodes 1024 clicks per image (minutes on a CPU)"),
 }
 MAX_MASKS_PER_STEP = 2048
 
@@ -203,7 +212,8 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         choices=list(RECIPES),
         help="article: one click per mask, BCE + score loss; interactive: box or click, then "
         "--clicks correction clicks, focal + dice + IoU loss (SAM 2's trainer); video: clips, "
-        "memory trained too (Meta's MOSE fine-tune; --data: DAVIS / YouTube-VOS / MOSE layout)",
+        "memory trained too (Meta's MOSE fine-tune; --data: DAVIS / YouTube-VOS / MOSE layout); "
+        "auto: only the prompt-free instance head (autoseg.py), SAM 2 frozen",
     )
     g.add_argument(
         "--clicks", type=int, help="interactive, video: correction clicks per mask, 0-20"
@@ -305,6 +315,21 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     g.add_argument("--lora-targets", help="comma list of the attention layers adapted: qkv, proj")
     g.add_argument("--lora-alpha", type=float, help="peft's lora_alpha (default: the rank)")
     g.add_argument("--lora-dropout", type=float, help="peft's lora_dropout")
+    g = p.add_argument_group("prompt-free segmentation (autoseg.py)")
+    g.add_argument(
+        "--auto-decoder",
+        action="store_true",
+        help="also train a small instance head on the cached features (foreground, centre and "
+        "boundary distance maps + watershed): infer.py --auto then needs no clicks; saved in "
+        "model.pt under 'auto_decoder'",
+    )
+    g.add_argument(
+        "--amg-images",
+        type=int,
+        help="with --auto-decoder: validation images on which SAM 2's automatic mask generator "
+        "(the base model's) is scored before training, for eval.json; 0: none. It decodes "
+        "1024 clicks per image: minutes each on a CPU",
+    )
     return p
 
 

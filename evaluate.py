@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from sam2.utils.misc import mask_to_box
 
+import autoseg
 import data
 import model
 from model import Features, autocast, decode, encode_images, upscale_logits
@@ -63,6 +64,7 @@ from plumbing.video import (  # noqa: F401 (video J&F lives there; tests use eva
 CURVE_AT = (1, 3, 5)  # mIoU reported after these many clicks
 NOC_AT = (0.85, 0.90)
 MAX_CLICKS = 50  # --max-clicks at most: SAM and RITM report NoC within 20
+MAX_AMG_IMAGES = 1000  # --amg-images at most: SAM 2's generator decodes 1024 clicks an image
 # How images are read where the checkpoint does not say (train.py's defaults)
 TRAINED_DEFAULTS = {"max_side": 1024, "min_area": 16, "crowd_instances": False, "ignore_index": 255}
 TRAINED_DEFAULTS |= {"stuff_instances": False} | PIXEL_DEFAULTS | TILE_DEFAULTS
@@ -201,17 +203,32 @@ def evaluate_model(
     max_clicks: int = 20,
     progress: bool = True,
     total: int | None = None,
+    head=None,
+    amg_images: int = 0,
 ) -> dict[str, float]:
     """Metrics over (RGB uint8 (H, W, 3) image, (N, H, W) bool masks) pairs, `sam` on `device`;
-    the image encoder runs once per image. See evaluate_features."""
+    the image encoder runs once per image. See evaluate_features. Prompt-free besides
+    (autoseg.scores_of, keys "head_..." and "amg_..."): `head` (autoseg.InstanceHead) on the
+    same features of every image; SAM 2's generator on the first `amg_images` images."""
+    heads, firsts = [], []
 
     def encoded():
         for image, masks in images_and_masks:
             with torch.no_grad(), autocast(torch.device(device)):
                 feats = encode_images(sam, [image])
+            if head is not None:
+                heads.extend(autoseg.head_predictions(head, [(feats, masks, image.shape[:2])]))
+            if len(firsts) < amg_images:
+                firsts.append((image, masks))
             yield feats, masks, image.shape[:2]
 
-    return evaluate_features(sam, encoded(), max_clicks, progress=progress, total=total)
+    metrics = evaluate_features(sam, encoded(), max_clicks, progress=progress, total=total)
+    found = [("head", heads)] if head is not None else []
+    if amg_images:
+        found.append(("amg", autoseg.generator_predictions(sam, firsts, amg_images)))
+    for name, preds in found:
+        metrics |= {f"{name}_{k}": v for k, v in autoseg.scores_of(preds).items()}
+    return metrics
 
 
 # ----------------------------------------------------------------------------- report + CLI
@@ -244,6 +261,15 @@ def format_table(after: dict, before: dict | None = None) -> str:
             value = f"{fmt.format(before[key])} -> {value}"
         lines.append(f"{name:<9} {value}")
     lines.append(f"({after['masks']} masks, at most {after['max_clicks']} clicks)")
+    both = {**(before or {}), **after}  # prompt-free: the generator (before), the head (after)
+    for key, name in (("msa", "mSA"), ("ap", "mask AP")):
+        parts = [
+            f"{who} {both[f'{pre}_{key}']:.3f} ({both[f'{pre}_images']} images)"
+            for pre, who in (("amg", "SAM 2 generator"), ("head", "instance head"))
+            if f"{pre}_{key}" in both
+        ]
+        if parts:
+            lines.append(f"{'prompt-free ' + name:<20} " + " -> ".join(parts))
     return "\n".join(lines)
 
 
@@ -259,11 +285,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-clicks", type=int, default=20, help=f"clicks per mask at most, 1-{MAX_CLICKS}"
     )
+    p.add_argument(
+        "--amg-images",
+        type=int,
+        default=1,
+        help="prompt-free: score SAM 2's automatic mask generator on the first N images (mSA, "
+        f"mask AP; 0: not at all; at most {MAX_AMG_IMAGES}). It decodes 1024 clicks per image: "
+        "minutes each on a CPU. A checkpoint with a trained instance head (train.py "
+        "--auto-decoder) has it scored on every image besides",
+    )
     add_trained_flags(p.add_argument_group("how images are read"), TRAINED_DEFAULTS)
     p.add_argument("--out", default="eval.json", help="where to write the results")
     args = p.parse_args(argv)
     if not 1 <= args.max_clicks <= MAX_CLICKS:  # each click: a decoder pass per mask
         p.error(f"--max-clicks must be between 1 and {MAX_CLICKS}, got {args.max_clicks}")
+    if not 0 <= args.amg_images <= MAX_AMG_IMAGES:  # each: minutes of the generator on a CPU
+        p.error(f"--amg-images must be between 0 and {MAX_AMG_IMAGES}, got {args.amg_images}")
     return args
 
 
@@ -291,7 +328,12 @@ def main(argv: list[str] | None = None) -> dict:
         if video:
             metrics = evaluate_videos(sam, encoded_videos(sam, ds, device), total=len(ds))
         else:
-            metrics = evaluate_model(sam, pairs, device, args.max_clicks, total=len(ds))
+            head = autoseg.read_head(args.checkpoint, device)
+            if head is not None:
+                print(f"{args.checkpoint} has a trained instance head: scored too", file=sys.stderr)
+            n = len(ds)
+            kw = dict(total=n, head=head, amg_images=args.amg_images)
+            metrics = evaluate_model(sam, pairs, device, args.max_clicks, **kw)
     except (model.CheckpointError, data.DataError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     if not metrics["masks"]:

@@ -4,7 +4,9 @@ Each prompt (a random click inside a region mask, a grid of clicks, or a box fro
 gives one mask; the masks are stitched into one instance label map at the image's own
 resolution, best-scored first (the article's recipe, fixed: ids past 255, empty masks, masks
 leaking out of the region, blocky edges on big photos, no window on a headless box). --auto
-asks SAM 2's own automatic mask generator instead, with no prompt at all.
+segments with no prompt at all: with the instance head train.py --auto-decoder trained (in
+model.pt; one encoder pass, one head pass, a watershed: autoseg.py), else SAM 2's own
+automatic mask generator (--auto amg asks for it, --auto head insists on the head).
 
     python infer.py photo.jpg region.png --checkpoint runs/model.pt      # one image
     python infer.py photo.jpg --checkpoint runs/model.pt --grid 16       # whole image, 16x16 grid
@@ -40,6 +42,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import autoseg
 from data import DataError, resize_longest
 from formats import (
     clip_boxes,
@@ -421,15 +424,19 @@ def pick_model(args, parser) -> str:
         parser.error(str(e))
 
 
-def segmenter(sam, args) -> Callable[..., np.ndarray]:
-    """(image, region, boxes, records) -> labels, as the command line asks (--tile: per tile,
-    stitched: plumbing.tiled)."""
-    run = whole_image(sam, args)
+def segmenter(sam, args, head=None) -> Callable[..., np.ndarray]:
+    """(image, region, boxes, records) -> labels, as the command line asks (`head`: --auto's
+    trained instance head, if it is to be used; --tile: per tile, stitched: plumbing.tiled)."""
+    run = whole_image(sam, args, head)
     return tiled(run, args.tile, args.tile_overlap) if args.tile else run
 
 
-def whole_image(sam, args) -> Callable[..., np.ndarray]:
+def whole_image(sam, args, head=None) -> Callable[..., np.ndarray]:
     """(image, region, boxes, records) -> labels of one image (or tile) as the flags ask."""
+    if head is not None:
+        return lambda image, region, boxes, records: autoseg.segment(
+            sam, head, image, region, records, args.max_side, args.min_size, args.min_score
+        )
     if args.auto:
         return lambda image, region, boxes, records: segment_auto(
             sam,
@@ -500,9 +507,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prompts.add_argument(
         "--auto",
-        action="store_true",
-        help="no prompts: SAM 2's automatic mask generator clicks a --grid (default 32) and keeps "
-        "masks scored above --min-score (default 0.8) and as stable as --stability",
+        nargs="?",
+        const="auto",
+        choices=["auto", "head", "amg"],
+        help="no prompts: the instance head train.py --auto-decoder trained when --checkpoint "
+        "has one (one pass + watershed; --auto head: insist), else (or --auto amg) SAM 2's "
+        "automatic mask generator, which clicks a --grid (default 32) and keeps masks scored "
+        "above --min-score (default 0.8) and as stable as --stability",
+    )
+    p.add_argument(
+        "--min-size",
+        type=bounded_int(0, 1 << 24),
+        default=autoseg.MIN_SIZE,
+        help="--auto with the head: drop objects under this many pixels (of the image)",
     )
     p.add_argument(
         "--conf",
@@ -601,7 +618,17 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as e:
         parser.error(str(e))
 
-    run = segmenter(sam, args)
+    head = None
+    if args.auto in ("auto", "head"):
+        try:
+            head = autoseg.read_head(args.checkpoint, device)
+        except (CheckpointError, KeyError, ValueError, RuntimeError) as e:
+            parser.error(f"--checkpoint {args.checkpoint}: its instance head: {e}")
+        if head is None and args.auto == "head":
+            parser.error(f"--auto head: {args.checkpoint} has no instance head (--auto-decoder)")
+        which = "its trained instance head" if head else "SAM 2's automatic mask generator"
+        print(f"--auto: {which} ({args.checkpoint or 'official weights'})", file=sys.stderr)
+    run = segmenter(sam, args, head)
     failed, written, scores, results, done = [], [], [], [], []
     writes: deque[tuple[Job, Future]] = deque()
 
@@ -632,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
                 tqdm.write(f"warning: skipped {job.image}: {e}", file=sys.stderr)
                 continue
             if not labels.any():
-                hint = " (lower --min-score or --stability)" if args.auto else ""
+                hint = " (lower --min-score or --stability)" if args.auto and not head else ""
                 tqdm.write(f"note: {job.image.name}: no segment found{hint}", file=sys.stderr)
             results += coco_entries(job.image.name, records, boxes, gt_ids)
             done.append(job.image.name)

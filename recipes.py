@@ -90,13 +90,15 @@ class Batch:
     which the recipe finishes with plumbing.lora.finish inside the step), img_idx (M,) the
     image of each mask, sizes (B, 2) as (H, W), masks per image [(N_i, H_i, W_i) bool]
     (sum N_i = M, in img_idx order) and points (M, 2) one random click (x, y) inside each mask
-    (the article's prompt)."""
+    (the article's prompt); targets (B, 3, h, w) the instance head's, when the images have
+    them (--auto-decoder)."""
 
     feats: Features | TrunkCut
     img_idx: torch.Tensor
     sizes: torch.Tensor
     masks: list[torch.Tensor]
     points: torch.Tensor
+    targets: torch.Tensor | None = None
 
 
 def mask_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -144,7 +146,10 @@ def sample_batch(images: list[CachedImage], max_masks: int, gen: torch.Generator
         idx.append(torch.full((len(m),), b, dtype=torch.long, device=m.device))
     feats = type(images[0].feats).cat([im.feats for im in images])
     sizes = torch.tensor([im.hw for im in images]).to(images[0].masks.device, non_blocking=True)
-    return Batch(feats, torch.cat(idx), sizes, masks, torch.cat(points))
+    targets = None
+    if all(im.targets is not None for im in images):
+        targets = torch.stack([im.targets for im in images])
+    return Batch(feats, torch.cat(idx), sizes, masks, torch.cat(points), targets)
 
 
 def article_recipe(sam, batch: Batch, opts, gen) -> tuple[torch.Tensor, torch.Tensor]:
@@ -619,6 +624,18 @@ def video_params(sam, weight_decay: float, train_encoder: bool) -> tuple[list, l
     return groups, [g["weight_decay"] for g in groups]
 
 
+def frozen_params(sam, weight_decay: float, train_encoder: bool) -> tuple[list, list[float]]:
+    """--recipe auto: all of SAM 2 frozen; train.py adds the instance head's own group."""
+    sam.requires_grad_(False)
+    return [], []
+
+
+def auto_recipe(sam, batch: Batch, opts, gen) -> tuple[None, None]:
+    """--recipe auto: no loss of SAM 2's; the instance head's (autoseg.batch_loss, which
+    train.Trainable adds to every step of a run with --auto-decoder) is the whole step."""
+    return None, None
+
+
 # --recipe video: Meta's sam2.1_hiera_b+_MOSE_finetune.yaml (AdamW lr 5e-6, cosine to 5e-7,
 # weight decay 0.1 but none on biases and LayerNorms, gradient norm clipped at 0.1, 8 clips a
 # step: 1 per GPU on 8 GPUs, here 1 clip x 8 accumulated). Image recipes keep the article's.
@@ -644,7 +661,8 @@ class Recipe:
     defaults, demo: flag defaults with --recipe NAME, and with --demo besides.
     metric: the validation score's name; no_score: why there is none ({n}: validation items).
     lean_cpu_heap: on the CPU, tune glibc's heap (train.lean_cpu_heap) for its many passes.
-    train_encoder, accumulate: whether --train-encoder and --accumulate N > 1 are allowed."""
+    train_encoder, accumulate: whether --train-encoder and --accumulate N > 1 are allowed.
+    head: it trains autoseg's instance head alone (--auto-decoder implied; run gives no loss)."""
 
     run: Callable
     data: str
@@ -659,6 +677,7 @@ class Recipe:
     lean_cpu_heap: bool = False
     train_encoder: bool = True
     accumulate: bool = False
+    head: bool = False
 
     def take(self, values) -> SimpleNamespace:
         """The options this recipe reads, from `values` (train.Config, or anything with them)."""
@@ -690,5 +709,16 @@ RECIPES = {
         "videos are named in the warnings above)",
         train_encoder=False,
         accumulate=True,
+    ),
+    "auto": Recipe(
+        auto_recipe,
+        "images",
+        "head",  # validation: the head's mSA (train.head_score)
+        (),
+        lambda o: 0,
+        frozen_params,
+        metric="mSA",
+        train_encoder=False,
+        head=True,
     ),
 }

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import autoseg
 import config
 import data
 from config import AT_MOST, DEMO, MAX_MASKS_PER_STEP, Config, build_parser  # noqa: F401
@@ -119,6 +120,8 @@ class Context:
     device: torch.device
     out: Path
     stops: StopSignals = dataclasses.field(default_factory=lambda: StopSignals())
+    head: autoseg.InstanceHead | None = None  # --auto-decoder: the prompt-free instance head
+    amg_images: int = 0  # validation images SAM 2's generator scores before training
 
 
 def lean_cpu_heap() -> None:
@@ -166,6 +169,9 @@ def build(cfg: Config, ctx: Context, ck: dict | None):
         sam = load_model(cfg.model, "none" if ck is not None else cfg.checkpoint, ctx.device)
     params, decays = RECIPES[cfg.recipe].params(sam, cfg.weight_decay, cfg.train_encoder)
     params = add_adapters(sam, params, lora_settings(dataclasses.asdict(cfg)))  # after the freeze
+    if cfg.auto_decoder:  # the head: its own optimizer group, after SAM 2's
+        ctx.head, params, decays = autoseg.add_head(params, decays, cfg.lr, cfg.weight_decay)
+        ctx.head.to(ctx.device)
     opt = torch.optim.AdamW(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=ctx.device.type == "cuda"
     )
@@ -177,12 +183,14 @@ def build(cfg: Config, ctx: Context, ck: dict | None):
         load_lora_state(
             sam, ck["model"], ck.get("adapters", {}), f"checkpoint {path} for model '{cfg.model}'"
         )
+        if ctx.head is not None:
+            ctx.head.load_state_dict(ck[autoseg.STATE_KEY]["weights"])
         try:
             opt.load_state_dict(ck["optimizer"])
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"optimizer state in {path} does not fit this run: {e}") from None
         for group, decay in zip(opt.param_groups, decays):  # the command line wins over the
-            group.update(lr=cfg.lr, weight_decay=decay)  # saved optimizer state
+            group.update(lr=cfg.lr * group.get("lr_scale", 1), weight_decay=decay)  # saved state
         scaler.load_state_dict(ck["scaler"])
         gens = ck["gen_states"]
         if len(gens) == ctx.world:  # each rank's own clicks go on where they stopped
@@ -221,14 +229,22 @@ def batch_indices(step: int, ids: list[int], batch_size: int, seed: int) -> list
 
 
 class Trainable(torch.nn.Module):
-    """SAM 2 behind one forward that runs a recipe, so DDP wraps exactly one call per step."""
+    """SAM 2 behind one forward that runs a recipe, so DDP wraps exactly one call per step;
+    with --auto-decoder the instance head's loss on the step's features joins the recipe's
+    (a recipe without a loss of its own, --recipe auto: the head's IoU is logged)."""
 
-    def __init__(self, sam):
+    def __init__(self, sam, head: autoseg.InstanceHead | None = None):
         super().__init__()
-        self.sam = sam
+        self.sam, self.head = sam, head
 
     def forward(self, run, batch, opts, gen: torch.Generator):
-        return run(self.sam, batch, opts, gen)
+        if self.head is not None:  # LoRA's adapted blocks run once for the recipe and the head
+            batch = dataclasses.replace(batch, feats=finish(self.sam, batch.feats))
+        loss, iou = run(self.sam, batch, opts, gen)
+        if self.head is None:
+            return loss, iou
+        extra, head_iou = autoseg.batch_loss(self.head, batch.feats, batch.targets)
+        return (extra if loss is None else loss + extra), (head_iou if iou is None else iou)
 
 
 def train_step(trainer, batch: Batch, opt, scaler, cfg: Config, gen, device: torch.device):
@@ -331,9 +347,11 @@ def evaluate(
     return total / count if count else float("nan")
 
 
-def click_eval(sam, cache: FeatureCache, ctx: Context, max_clicks: int) -> dict:
+def click_eval(sam, cache: FeatureCache, ctx: Context, max_clicks: int, head=None) -> dict:
     """evaluate.py's click-curve metrics on `cache` (means over every rank's masks); `sam`
-    finishes the cached cut with LoRA (another model than the cache's for best.pt)."""
+    finishes the cached cut with LoRA (another model than the cache's for best.pt). With
+    --auto-decoder also prompt-free mSA and AP: of `head` (best.pt's) when given, else of the
+    base model's generator on at most ctx.amg_images images (it is slow)."""
 
     def item(i: int):
         (im,) = cache.get([i])
@@ -342,10 +360,15 @@ def click_eval(sam, cache: FeatureCache, ctx: Context, max_clicks: int) -> dict:
 
     items = (item(i) for i in cache.ids)
     m = evaluate_features(sam, items, max_clicks, progress=ctx.rank == 0, total=len(cache.ids))
-    return mean_over_ranks(m, ctx.world, ctx.device)
+    m = mean_over_ranks(m, ctx.world, ctx.device)
+    if head is not None:
+        return m | autoseg.cached_scores(cache, ctx.device, ctx.world, head=head, sam=sam)
+    if ctx.head is not None and ctx.amg_images:
+        m |= autoseg.cached_scores(cache, ctx.device, ctx.world, sam=sam, limit=ctx.amg_images)
+    return m
 
 
-def clip_curves(sam, cache: ClipCache, ctx: Context, max_clicks: int) -> dict:
+def clip_curves(sam, cache: ClipCache, ctx: Context, max_clicks: int, head=None) -> dict:
     """J&F of the first-frame mask and click protocols on `cache` (means over every rank's)."""
     return video_eval(sam, cache, ctx.device, ctx.world, ("mask", "click"), ctx.rank == 0)
 
@@ -374,6 +397,7 @@ def feature_cache(dataset, indices, cfg: Config, sam, device, progress=False, li
         cache=cfg.cache,
         train_encoder=cfg.train_encoder,
         lora_from=lora_first_block(sam),
+        targets=autoseg.targets_for(sam) if cfg.auto_decoder else None,
     )
 
 
@@ -430,7 +454,11 @@ KINDS = {
         load_images,
         feature_cache,
         image_step,
-        lambda sam, cache, ctx, scores: evaluate(sam, cache, ctx.device, ctx.world, scores),
+        lambda sam, cache, ctx, scores: (
+            autoseg.cached_scores(cache, ctx.device, ctx.world, head=ctx.head)["head_msa"]
+            if scores == "head"  # --recipe auto: the instance head's mSA
+            else evaluate(sam, cache, ctx.device, ctx.world, scores)
+        ),
         click_eval,
         lambda cfg, ctx, image_size: None,
         data.make_demo,
@@ -469,12 +497,13 @@ def open_data(cfg: Config):
 
 
 def save_checkpoint(
-    out: Path, sam, opt, scaler, cfg: Config, state: State, gens: list, best: bool = False
+    out: Path, sam, opt, scaler, cfg: Config, state: State, gens: list, best=False, head=None
 ) -> None:
-    """plumbing.checkpoints.save_checkpoint of this run's Config and State (see there)."""
-    checkpoints.save_checkpoint(
-        out, sam, opt, scaler, dataclasses.asdict(cfg), dataclasses.asdict(state), gens, best
-    )
+    """plumbing.checkpoints.save_checkpoint of this run's Config and State (see there); the
+    instance head, if any, under autoseg.STATE_KEY beside "model"."""
+    extra = None if head is None else {autoseg.STATE_KEY: autoseg.head_state(head)}
+    config, state = dataclasses.asdict(cfg), dataclasses.asdict(state)
+    checkpoints.save_checkpoint(out, sam, opt, scaler, config, state, gens, best, extra)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -494,7 +523,7 @@ def fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
         state.seconds = secs_before + time.time() - t0
         gens = gather_generators(gen, ctx.world)
         if rank0:
-            save_checkpoint(ctx.out, sam, opt, scaler, cfg, state, gens, best)
+            save_checkpoint(ctx.out, sam, opt, scaler, cfg, state, gens, best, ctx.head)
         saved = state.step
 
     def log_row(**row) -> None:
@@ -524,7 +553,7 @@ def fit(cfg, ctx, sam, trainer, opt, scaler, gen, state, train_cache, val_cache)
                 break
             if cfg.lr_schedule != "constant":
                 for group in opt.param_groups:
-                    group["lr"] = lr_at(cfg, state.step)
+                    group["lr"] = lr_at(cfg, state.step) * group.get("lr_scale", 1)
             n = cfg.batch_size * cfg.accumulate  # --accumulate > 1: clips only (Recipe.accumulate)
             ids = batch_indices(state.step, train_cache.ids, n, cfg.seed)
             loss, iou = kind.step(trainer, ids, train_cache, opt, scaler, cfg, gen, ctx)
@@ -578,14 +607,17 @@ def report_best(cfg: Config, ctx: Context, sam, val_cache: FeatureCache, before:
     """Click curves of best.pt next to the base model's; also written to OUT/eval.json."""
     if ctx.world > 1:
         dist.barrier()  # rank 0 has written best.pt
+    saved = torch.load(ctx.out / "best.pt", weights_only=True)
     if lora_first_block(sam) is None:
         best = copy.deepcopy(sam)
     else:  # best.pt holds the merged weights, SAM 2's own: a model without adapters takes them
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "SAM 2 .* RANDOM weights")
             best = load_model(cfg.model, "none", ctx.device)
-    best.load_state_dict(torch.load(ctx.out / "best.pt", weights_only=True)["model"])
-    after = kind_of(cfg).curves(best, val_cache, ctx, cfg.eval_clicks)
+    best.load_state_dict(saved["model"])
+    head = saved.get(autoseg.STATE_KEY)
+    head = head and autoseg.load_head(head, ctx.device)
+    after = kind_of(cfg).curves(best, val_cache, ctx, cfg.eval_clicks, head)
     if ctx.rank == 0:
         print(f"validation, base model -> best.pt:\n{format_table(after, before)}")
         text = json.dumps({"base": before, "best": after}, indent=2)
@@ -619,7 +651,7 @@ def run_training(cfg: Config, stops: StopSignals) -> dict:
     kind = KINDS[recipe.data]
     if device.type == "cpu" and recipe.lean_cpu_heap:
         lean_cpu_heap()
-    ctx = Context(rank, world, device, Path(cfg.out), stops)
+    ctx = Context(rank, world, device, Path(cfg.out), stops, amg_images=cfg.amg_images)
     stops.rank = rank
     if cfg.demo and rank == 0 and not Path(cfg.data).exists():
         kind.demo(cfg.data)
@@ -651,7 +683,7 @@ def run_training(cfg: Config, stops: StopSignals) -> dict:
         kind.check(cfg, ctx, sam.image_size)  # the model is loaded: what is free, a step gets
         sam.train()
         sam.image_encoder.train(cfg.train_encoder or cfg.lora_rank > 0)  # LoRA's dropout
-        trainer = Trainable(sam)
+        trainer = Trainable(sam, ctx.head)
         if world > 1:
             trainer = torch.nn.parallel.DistributedDataParallel(
                 trainer, find_unused_parameters=True

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -37,12 +39,14 @@ def free_bytes(device: torch.device) -> int:
 class CachedImage:
     """One image ready for the decoder: encoder features (1 image; with LoRA the TrunkCut that
     plumbing.lora.finish completes), instance masks (N, H, W) bool, one fixed click per mask
-    (N, 2) xy (the validation prompts) and its size (H, W)."""
+    (N, 2) xy (the validation prompts) and its size (H, W); with --auto-decoder also the
+    instance head's targets (3, h, w) (autoseg.make_targets)."""
 
     feats: Features | TrunkCut
     masks: torch.Tensor
     points: torch.Tensor
     hw: tuple[int, int]
+    targets: torch.Tensor | None = None
 
     def to(self, device, **kw) -> CachedImage:
         f, m, p = (
@@ -50,11 +54,13 @@ class CachedImage:
             self.masks.to(device, **kw),
             self.points.to(device, **kw),
         )
-        return CachedImage(f, m, p, self.hw)
+        t = None if self.targets is None else self.targets.to(device, **kw)
+        return CachedImage(f, m, p, self.hw, t)
 
     def pin(self) -> CachedImage:  # pinned CPU memory: uploads overlap the GPU's work
+        t = None if self.targets is None else self.targets.pin_memory()
         return CachedImage(
-            self.feats.pin_memory(), self.masks.pin_memory(), self.points.pin_memory(), self.hw
+            self.feats.pin_memory(), self.masks.pin_memory(), self.points.pin_memory(), self.hw, t
         )
 
 
@@ -67,7 +73,9 @@ class FeatureCache:
     encode_batch: images per encoder call; workers: DataLoader processes reading them; cache:
     "auto", "gpu", "cpu" or "off" (train.py's --cache). lora_from: with LoRA, the first adapted
     trunk block: the cache holds the trunk's cut before it (model.encode_until, no grad: what
-    is before never changes), and each step finishes it (plumbing.lora.finish) with grad."""
+    is before never changes), and each step finishes it (plumbing.lora.finish) with grad.
+    targets: masks (N, H, W) bool -> a (C, h, w) array computed once per image and kept beside
+    its features (--auto-decoder's autoseg.make_targets), or None."""
 
     def __init__(
         self,
@@ -82,9 +90,10 @@ class FeatureCache:
         cache: str = "auto",
         train_encoder: bool = False,
         lora_from: int | None = None,
+        targets: Callable[[np.ndarray], np.ndarray] | None = None,
     ):
         self.dataset, self.sam, self.device = dataset, sam, device
-        self.lora_from = lora_from
+        self.lora_from, self.targets = lora_from, targets
         self.encode_batch, self.workers, self.cache = encode_batch, workers, cache
         self.dtype = amp_dtype(device) or torch.float32  # what autocast computes in
         self.mode = "off" if train_encoder or cache == "off" else None
@@ -132,15 +141,23 @@ class FeatureCache:
                 torch.from_numpy(s.masks).to(self.device),
                 torch.from_numpy(s.points).to(self.device),
                 s.image.shape[:2],
+                None if self.targets is None else self._targets(s.masks),
             )
             for k, s in enumerate(samples)
         ]
+
+    def _targets(self, masks: np.ndarray) -> torch.Tensor:
+        # half precision: ~0.4 MB an image at 1024 px (its features: ~8 MB); the loss casts
+        return torch.from_numpy(self.targets(masks)).to(self.device, torch.float16)
 
     def _choose_mode(self, images: list[CachedImage], n: int) -> str:
         """'gpu', 'cpu' or 'off' by `cache` and the free memory, from the first batch's size."""
         if self.cache != "auto":
             return "cpu" if self.cache == "gpu" and self.device.type != "cuda" else self.cache
-        need = 1.5 * n * sum(im.feats.nbytes() + im.masks.nbytes for im in images) / len(images)
+        tensors = [im.masks for im in images]
+        tensors += [im.targets for im in images if im.targets is not None]
+        extra = sum(t.numel() * t.element_size() for t in tensors)
+        need = 1.5 * n * (sum(im.feats.nbytes() for im in images) + extra) / len(images)
         if self.device.type == "cuda" and need < 0.5 * free_bytes(self.device):
             return "gpu"
         if need < 0.5 * free_ram():

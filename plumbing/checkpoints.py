@@ -58,6 +58,7 @@ def claim_out(out: Path, resume: bool):
 RESUME_MAY_CHANGE = {"steps", "minutes", "lr", "weight_decay", "save_every", "eval_every"}
 RESUME_MAY_CHANGE |= {"log_every", "device", "workers", "cache", "encode_batch"}
 RESUME_MAY_CHANGE |= {"lr_schedule", "clip_grad"}  # optimizer settings, read at every step
+RESUME_MAY_CHANGE |= {"amg_images"}  # issue 28: what the end of the run scores
 RESUME_IGNORES = {"out", "resume", "demo", "ignore_memory"}
 
 
@@ -106,16 +107,31 @@ def read_checkpoint(path: Path, cfg, say: bool = True) -> dict:
     return ck
 
 
-def model_weights(weights: dict[str, torch.Tensor], model_name: str, config: dict, step: int):
+WEIGHTS_KEYS = ("model", "model_name", "config", "step")  # model_weights' own keys
+# what checkpoint.pt adds ("adapters": LoRA's, unmerged)
+RESUME_KEYS = ("optimizer", "scaler", "gen_states", "state", "adapters")
+
+
+def model_weights(
+    weights: dict[str, torch.Tensor],
+    model_name: str,
+    config: dict,
+    step: int,
+    extra: dict | None = None,
+):
     """What model.pt and best.pt hold: {"model": SAM 2's own state-dict keys -> CPU tensors,
-    "model_name", "config" (the run's Config as a dict), "step"}. build_sam2 loads "model".
+    "model_name", "config" (the run's Config as a dict), "step"}, plus `extra`'s top-level
+    entries (e.g. autoseg's trained head under its own key: build_sam2 reads only "model").
     `weights` is SAM 2's state_dict() (or checkpoint.pt's "model"). Refuses (RuntimeError)
     non-finite weights."""
     sd = {k: v.detach().cpu() for k, v in weights.items()}
     bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise RuntimeError(f"refusing to save non-finite weights at step {step}: {bad[:3]}")
-    return {"model": sd, "model_name": model_name, "config": config, "step": step}
+    extra = extra or {}
+    if clash := set(extra) & {*WEIGHTS_KEYS, *RESUME_KEYS}:
+        raise ValueError(f"model_weights: extra entries may not replace {sorted(clash)}")
+    return {"model": sd, "model_name": model_name, "config": config, "step": step, **extra}
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -133,8 +149,10 @@ def match_model_pt(out: Path, ck: dict) -> None:
         step = None
     if step != ck["step"]:
         warnings.warn(f"{path} held step {step}, not checkpoint.pt's {ck['step']}: rewritten")
+        extra = {k: v for k, v in ck.items() if k not in (*WEIGHTS_KEYS, *RESUME_KEYS)}
         merged = merged_weights(ck["model"], ck.get("adapters", {}), ck["config"])
-        save_atomic(model_weights(merged, ck["model_name"], ck["config"], ck["step"]), path)
+        weights = model_weights(merged, ck["model_name"], ck["config"], ck["step"], extra)
+        save_atomic(weights, path)
 
 
 class SaveError(RuntimeError):
@@ -163,24 +181,32 @@ def save_failed(path: Path, e: BaseException) -> SaveError:
 
 
 def save_checkpoint(
-    out: Path, sam, opt, scaler, config: dict, state: dict, gens: list, best: bool = False
+    out: Path,
+    sam,
+    opt,
+    scaler,
+    config: dict,
+    state: dict,
+    gens: list,
+    best: bool = False,
+    extra: dict | None = None,
 ) -> None:
     """checkpoint.pt (resumable: model_weights + optimizer, scaler, every rank's generator
     state `gens` and the loop's `state`, whose "step" it is) and model.pt; best.pt too when
-    `best`. `config` is the run's Config as a dict ("model" names the SAM 2 size). With LoRA,
-    model.pt / best.pt hold the merged weights (model.merge_lora: SAM 2's own keys) and
-    checkpoint.pt the unmerged ones ("model": base_state, "adapters": adapter_state), so that
-    a resume goes on bit for bit.
+    `best`. `config` is the run's Config as a dict ("model" names the SAM 2 size); `extra`:
+    more top-level entries of all three files (model_weights). With LoRA, model.pt / best.pt
+    hold the merged weights (model.merge_lora: SAM 2's own keys) and checkpoint.pt the unmerged
+    ones ("model": base_state, "adapters": adapter_state), so that a resume goes on bit for bit.
 
     All files are written in full before any is put in place, so a failed write (SaveError,
     naming the file) or a stop leaves every previous file as it was; checkpoint.pt and model.pt
     always hold the same step (match_model_pt repairs a kill between their renames)."""
-    weights = model_weights(merge_lora(sam), config["model"], config, state["step"])
+    weights = model_weights(merge_lora(sam), config["model"], config, state["step"], extra)
     resume = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "gen_states": gens}
     files = {"model.pt": weights, "best.pt": weights} if best else {"model.pt": weights}
     if adapters := adapter_state(sam):
         resume["adapters"] = {k: v.detach().cpu() for k, v in adapters.items()}
-        unmerged = model_weights(base_state(sam), config["model"], config, state["step"])
+        unmerged = model_weights(base_state(sam), config["model"], config, state["step"], extra)
         files["checkpoint.pt"] = {**unmerged, **resume, "state": state}
     else:
         files["checkpoint.pt"] = {**weights, **resume, "state": state}
