@@ -551,11 +551,10 @@ def head_predictions(head: InstanceHead, items, **post) -> list:
     return out
 
 
-def generator_predictions(sam, pairs, limit: int) -> list:
-    """SAM 2's automatic mask generator (infer.segment_auto, its defaults) on the first `limit`
-    (RGB image (H, W, 3), masks (N, H, W)) pairs -> scores_of()'s list. Slow: a 32 x 32 grid
-    of clicks per image."""
-    from infer import segment_auto
+def generator_predictions(generate, pairs, limit: int) -> list:
+    """SAM 2's automatic mask generator `generate` (infer.segment_auto with its model and
+    defaults: (image, records=list) -> labels) on the first `limit` (RGB image (H, W, 3),
+    masks (N, H, W)) pairs -> scores_of()'s list. Slow: a 32 x 32 grid of clicks per image."""
     from plumbing.labelmaps import MAX_ID
 
     out = []
@@ -563,7 +562,7 @@ def generator_predictions(sam, pairs, limit: int) -> list:
         if len(out) >= limit:
             break
         records: list = []
-        labels = segment_auto(sam, image, records=records)
+        labels = generate(image, records=records)
         scores = np.zeros(MAX_ID, np.float32)
         for r in records:
             if r["label"]:
@@ -573,11 +572,14 @@ def generator_predictions(sam, pairs, limit: int) -> list:
     return out
 
 
-def cached_scores(cache, device, world: int, head=None, sam=None, limit: int = 0) -> dict:
+def cached_scores(
+    cache, device, world: int, head=None, sam=None, generate=None, limit: int = 0
+) -> dict:
     """Prompt-free scores of a train.py FeatureCache (this process's share of a split):
     of `head` on every image ({"head_msa", "head_ap", "head_ap50", "head_images"}; `sam`, if
-    given, finishes a LoRA run's cached trunk cut), or of `sam`'s generator on at most `limit`
-    images ("amg_..."; ceil(limit / world) a process).
+    given, finishes a LoRA run's cached trunk cut), or of the generator `generate`
+    (generator_predictions) on at most `limit` images ("amg_..."; ceil(limit / world) a
+    process).
     With several processes, each one's means weigh by its images (AP so combined is close to,
     not exactly, the AP of the whole split)."""
     from plumbing.ddp import mean_over_ranks
@@ -593,7 +595,7 @@ def cached_scores(cache, device, world: int, head=None, sam=None, limit: int = 0
         got, name = scores_of(head_predictions(head, (item(i) for i in cache.ids))), "head"
     else:
         pairs = ((s.image, s.masks) for s in (cache.dataset[i] for i in cache.ids))
-        got = scores_of(generator_predictions(sam, pairs, -(-limit // world)))
+        got = scores_of(generator_predictions(generate, pairs, -(-limit // world)))
         name = "amg"
     m = {"masks": got.pop("images"), "max_clicks": 0} | got
     m = mean_over_ranks(m, world, torch.device(device))

@@ -27,6 +27,7 @@ Results are printed and written to --out (eval.json).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Callable, Iterable
@@ -40,6 +41,7 @@ from sam2.utils.misc import mask_to_box
 import autoseg
 import data
 import model
+from infer import segment_auto
 from model import Features, autocast, decode, encode_images, upscale_logits
 from plumbing.cli import (
     PIXEL_DEFAULTS,
@@ -225,7 +227,8 @@ def evaluate_model(
     metrics = evaluate_features(sam, encoded(), max_clicks, progress=progress, total=total)
     found = [("head", heads)] if head is not None else []
     if amg_images:
-        found.append(("amg", autoseg.generator_predictions(sam, firsts, amg_images)))
+        generate = functools.partial(segment_auto, sam)
+        found.append(("amg", autoseg.generator_predictions(generate, firsts, amg_images)))
     for name, preds in found:
         metrics |= {f"{name}_{k}": v for k, v in autoseg.scores_of(preds).items()}
     return metrics

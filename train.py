@@ -29,6 +29,7 @@ import contextlib
 import copy
 import ctypes
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -46,6 +47,7 @@ import config
 import data
 from config import AT_MOST, DEMO, MAX_MASKS_PER_STEP, Config, build_parser  # noqa: F401
 from evaluate import evaluate_features, format_table
+from infer import segment_auto
 from model import (
     CheckpointError,
     amp_dtype,
@@ -364,7 +366,10 @@ def click_eval(sam, cache: FeatureCache, ctx: Context, max_clicks: int, head=Non
     if head is not None:
         return m | autoseg.cached_scores(cache, ctx.device, ctx.world, head=head, sam=sam)
     if ctx.head is not None and ctx.amg_images:
-        m |= autoseg.cached_scores(cache, ctx.device, ctx.world, sam=sam, limit=ctx.amg_images)
+        generate = functools.partial(segment_auto, sam)  # SAM 2's generator, the base model's
+        m |= autoseg.cached_scores(
+            cache, ctx.device, ctx.world, generate=generate, limit=ctx.amg_images
+        )
     return m
 
 

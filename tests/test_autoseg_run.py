@@ -118,7 +118,9 @@ def test_infer_auto_uses_the_head(auto_run, tmp_path, capsys):
     labels = cv2.imread(str(tmp_path / "o" / "photo_labels.png"), cv2.IMREAD_UNCHANGED)
     assert labels.dtype == np.uint16 and labels.shape == (90, 130) and (labels == 1).all()
     (r,) = json.loads((tmp_path / "o" / "coco_results.json").read_text())
-    assert r["label"] == 1 and r["score"] == pytest.approx(torch.sigmoid(torch.tensor(5.0)), 1e-3)
+    assert r["label"] == 1 and r["score"] == pytest.approx(
+        float(torch.sigmoid(torch.tensor(5.0))), 1e-3
+    )
     assert r["segmentation"]["size"] == [90, 130]
     with pytest.raises(SystemExit):
         infer.main([*args[:2], "none", *args[3:], "--auto", "head"])  # no head there

@@ -169,7 +169,7 @@ def test_infer_tile_stitches_objects_across_tile_edges(big, tmp_path, monkeypatc
     root, lab = big
 
     # a stub segmenter: each tile's own disks (ids renumbered per tile, as a model's would be)
-    def whole_image(sam, args):
+    def whole_image(sam, args, head=None):
         def run(image, region, boxes, records):
             found.append(image.shape[:2])
             y0, x0 = boxes_left.pop(0)
