@@ -51,6 +51,8 @@ from plumbing.cli import (
     pick_model,
     pixel_settings,
 )
+from plumbing.ddp import mean_over_ranks
+from plumbing.lora import finish
 from plumbing.masks import mask_iou, next_clicks
 from plumbing.video import (  # noqa: F401 (video J&F lives there; tests use evaluate.X)
     BOUND_TH,
@@ -232,6 +234,61 @@ def evaluate_model(
     for name, preds in found:
         metrics |= {f"{name}_{k}": v for k, v in autoseg.scores_of(preds).items()}
     return metrics
+
+
+# ----------------------------------------------------------------------------- train.py's
+
+
+@torch.no_grad()
+def validation_iou(sam, cache, device, world: int, scores: str = "first", chunk: int = 64) -> float:
+    """train.py's validation number: mean IoU of the masks predicted from each image's fixed
+    click in a FeatureCache (every rank's): of the first output (scores "first"), as the
+    article trains and infers, or of the output with the highest predicted IoU ("best"), as
+    SAM 2 shows one (Recipe.scores)."""
+    total, count = 0.0, 0
+    with model.evaluating(sam):
+        for i in cache.ids:
+            (im,) = cache.get([i])
+            for s in range(0, len(im.masks), chunk):
+                pts = im.points[s : s + chunk].float()
+                zeros = torch.zeros(len(pts), dtype=torch.long, device=device)
+                sizes = torch.tensor([im.hw])
+                with autocast(device):
+                    feats = finish(sam, im.feats)  # with LoRA: the adapted blocks, in eval mode
+                    low_res, predicted = model.predict_logits(sam, feats, zeros, pts, sizes)
+                pick = predicted.argmax(1) if scores == "best" else torch.zeros_like(zeros)
+                shown = low_res[torch.arange(len(pts), device=device), pick][:, None]
+                pred = upscale_logits(shown, im.hw)[:, 0] > 0
+                total += mask_iou(pred, im.masks[s : s + chunk]).sum().item()
+                count += len(pts)
+    if world > 1:
+        t = torch.tensor([total, count], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        total, count = t.tolist()
+    return total / count if count else float("nan")
+
+
+def cached_curves(
+    sam, cache, device, world: int, max_clicks: int, progress: bool, head=None, amg_images=0
+) -> dict:
+    """evaluate_features' click curves on a FeatureCache (means over every rank's masks); `sam`
+    finishes a LoRA run's cached trunk cut. Also prompt-free mSA and AP: of `head` when given,
+    else of `sam`'s automatic mask generator on at most `amg_images` images (it is slow)."""
+
+    def item(i: int):
+        (im,) = cache.get([i])
+        with torch.no_grad(), model.evaluating(sam), autocast(device):
+            return finish(sam, im.feats), im.masks, im.hw
+
+    items = (item(i) for i in cache.ids)
+    m = evaluate_features(sam, items, max_clicks, progress=progress, total=len(cache.ids))
+    m = mean_over_ranks(m, world, device)
+    if head is not None:
+        return m | autoseg.cached_scores(cache, device, world, head=head, sam=sam)
+    if amg_images:
+        generate = functools.partial(segment_auto, sam)  # SAM 2's generator on this model
+        m |= autoseg.cached_scores(cache, device, world, generate=generate, limit=amg_images)
+    return m
 
 
 # ----------------------------------------------------------------------------- report + CLI

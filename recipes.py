@@ -73,7 +73,7 @@ from model import (
 )
 from plumbing.cache import CachedImage
 from plumbing.lora import finish
-from plumbing.masks import sample_points
+from plumbing.masks import mask_iou, sample_points
 from plumbing.video import Clip
 
 LOW_RES = 256  # side of the decoder's mask logits (and of the mask prompt it takes)
@@ -99,12 +99,6 @@ class Batch:
     masks: list[torch.Tensor]
     points: torch.Tensor
     targets: torch.Tensor | None = None
-
-
-def mask_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """IoU of (N, H, W) bool masks, row by row -> (N,); an empty union counts 0."""
-    inter = (pred & gt).flatten(1).sum(1)
-    return inter / (pred | gt).flatten(1).sum(1).clamp(min=1)
 
 
 # ----------------------------------------------------------------------------- the article

@@ -29,7 +29,6 @@ import contextlib
 import copy
 import ctypes
 import dataclasses
-import functools
 import json
 import math
 import sys
@@ -46,23 +45,19 @@ import autoseg
 import config
 import data
 from config import AT_MOST, DEMO, MAX_MASKS_PER_STEP, Config, build_parser  # noqa: F401
-from evaluate import evaluate_features, format_table
-from infer import segment_auto
+from evaluate import cached_curves, format_table, validation_iou
 from model import (
     CheckpointError,
     amp_dtype,
     autocast,
     check_fits,  # noqa: F401 (train.X)
     cut_bytes,
-    evaluating,
     freeze_for_video,  # noqa: F401 (tests use train.X)
     load_lora_state,
     load_model,
     lora_first_block,
     plain_warnings,
-    predict_logits,
     resolve_checkpoint,
-    upscale_logits,
 )
 from plumbing import checkpoints, video
 from plumbing.cache import CachedImage, FeatureCache, free_bytes, share_images  # noqa: F401
@@ -81,7 +76,6 @@ from plumbing.ddp import (
     agreed,
     check_replicas,
     gather_generators,
-    mean_over_ranks,
     setup_distributed,
 )
 from plumbing.lora import add_adapters, finish, lora_settings
@@ -318,59 +312,11 @@ def finish_step(loss: torch.Tensor, opt, scaler, cfg: Config) -> torch.Tensor | 
 # ----------------------------------------------------------------------------- validation
 
 
-@torch.no_grad()
-def evaluate(
-    sam, cache: FeatureCache, device, world: int, scores: str = "first", chunk: int = 64
-) -> float:
-    """Mean IoU of the masks predicted from each val image's fixed click (all ranks): of the
-    first output (scores "first"), as the article trains and infers, or of the output with the
-    highest predicted IoU ("best"), as SAM 2 shows one (Recipe.scores)."""
-    total, count = 0.0, 0
-    with evaluating(sam):
-        for i in cache.ids:
-            (im,) = cache.get([i])
-            for s in range(0, len(im.masks), chunk):
-                pts = im.points[s : s + chunk].float()
-                zeros = torch.zeros(len(pts), dtype=torch.long, device=device)
-                sizes = torch.tensor([im.hw])
-                with autocast(device):
-                    feats = finish(sam, im.feats)  # with LoRA: the adapted blocks, in eval mode
-                    low_res, predicted = predict_logits(sam, feats, zeros, pts, sizes)
-                best = predicted.argmax(1)
-                pick = best if scores == "best" else torch.zeros_like(zeros)
-                shown = low_res[torch.arange(len(pts), device=device), pick][:, None]
-                pred = upscale_logits(shown, im.hw)[:, 0] > 0
-                total += mask_iou(pred, im.masks[s : s + chunk]).sum().item()
-                count += len(pts)
-        if world > 1:
-            t = torch.tensor([total, count], dtype=torch.float64, device=device)
-            dist.all_reduce(t)
-            total, count = t.tolist()
-    return total / count if count else float("nan")
-
-
 def click_eval(sam, cache: FeatureCache, ctx: Context, max_clicks: int, head=None) -> dict:
-    """evaluate.py's click-curve metrics on `cache` (means over every rank's masks); `sam`
-    finishes the cached cut with LoRA (another model than the cache's for best.pt). With
-    --auto-decoder also prompt-free mSA and AP: of `head` (best.pt's) when given, else of the
-    base model's generator on at most ctx.amg_images images (it is slow)."""
-
-    def item(i: int):
-        (im,) = cache.get([i])
-        with torch.no_grad(), evaluating(sam), autocast(ctx.device):
-            return finish(sam, im.feats), im.masks, im.hw
-
-    items = (item(i) for i in cache.ids)
-    m = evaluate_features(sam, items, max_clicks, progress=ctx.rank == 0, total=len(cache.ids))
-    m = mean_over_ranks(m, ctx.world, ctx.device)
-    if head is not None:
-        return m | autoseg.cached_scores(cache, ctx.device, ctx.world, head=head, sam=sam)
-    if ctx.head is not None and ctx.amg_images:
-        generate = functools.partial(segment_auto, sam)  # SAM 2's generator, the base model's
-        m |= autoseg.cached_scores(
-            cache, ctx.device, ctx.world, generate=generate, limit=ctx.amg_images
-        )
-    return m
+    """evaluate.cached_curves for this run: with --auto-decoder, the head's (`head`, best.pt's)
+    or, for the base model, SAM 2's generator on --amg-images images."""
+    amg = ctx.amg_images if ctx.head is not None else 0
+    return cached_curves(sam, cache, ctx.device, ctx.world, max_clicks, ctx.rank == 0, head, amg)
 
 
 def clip_curves(sam, cache: ClipCache, ctx: Context, max_clicks: int, head=None) -> dict:
@@ -460,9 +406,9 @@ KINDS = {
         feature_cache,
         image_step,
         lambda sam, cache, ctx, scores: (
-            autoseg.cached_scores(cache, ctx.device, ctx.world, head=ctx.head)["head_msa"]
+            autoseg.cached_scores(cache, ctx.device, ctx.world, head=ctx.head, sam=sam)["head_msa"]
             if scores == "head"  # --recipe auto: the instance head's mSA
-            else evaluate(sam, cache, ctx.device, ctx.world, scores)
+            else validation_iou(sam, cache, ctx.device, ctx.world, scores)
         ),
         click_eval,
         lambda cfg, ctx, image_size: None,
