@@ -348,11 +348,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--amg-images",
         type=int,
-        default=1,
-        help="prompt-free: score SAM 2's automatic mask generator on the first N images (mSA, "
-        f"mask AP; 0: not at all; at most {MAX_AMG_IMAGES}). It decodes 1024 clicks per image: "
-        "minutes each on a CPU. A checkpoint with a trained instance head (train.py "
-        "--auto-decoder) has it scored on every image besides",
+        default=0,
+        help="prompt-free: also score SAM 2's automatic mask generator on the first N images "
+        f"(mSA, mask AP; at most {MAX_AMG_IMAGES}). It decodes 1024 clicks per image: minutes "
+        "each on a CPU. A checkpoint with a trained instance head (train.py --auto-decoder) "
+        "has the head scored on every image",
     )
     add_trained_flags(p.add_argument_group("how images are read"), TRAINED_DEFAULTS)
     p.add_argument("--out", default="eval.json", help="where to write the results")

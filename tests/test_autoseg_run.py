@@ -94,6 +94,9 @@ def test_eval_json_holds_the_generator_and_the_head(auto_run, demo, tmp_path, mo
     monkeypatch.setattr(autoseg, "generator_predictions", perfect)
     args = ["--data", str(demo), "--checkpoint", str(out / "best.pt"), "--device", "cpu"]
     result = evaluate.main([*args, "--max-clicks", "1", "--out", str(tmp_path / "e.json")])
+    assert "amg_msa" not in result["metrics"]  # the generator only when asked: minutes an image
+    args += ["--amg-images", "1"]
+    result = evaluate.main([*args, "--max-clicks", "1", "--out", str(tmp_path / "e.json")])
     m = json.loads((tmp_path / "e.json").read_text())["metrics"]
     assert m["amg_msa"] == 1.0 and m["head_images"] == 1 and 0 <= m["head_msa"] <= 1
     assert m["head_msa"] == pytest.approx(best["head_msa"])  # same images, same head
