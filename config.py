@@ -248,6 +248,58 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     )
     g.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument("--seed", type=int, help="seed of data order, clicks and init")
+    g = p.add_argument_group("pixels and tiles (docs/data.md)")
+    g.add_argument(
+        "--normalize",
+        help="how pixel values become 0-255: auto (8-bit as is; 16-bit/float: percentiles "
+        "1-99.8 per image), percentile:LO,HI, range:MIN,MAX (fixed) or none",
+    )
+    g.add_argument(
+        "--channels",
+        help="which file channels become R,G,B, e.g. 1,0,0 or 2 (gray); default: gray repeated, "
+        "2 channels -> R,G, RGB as is (5+ channels need it)",
+    )
+    g.add_argument(
+        "--tile",
+        type=int,
+        help=f"train on N x N tiles of the full-resolution image ({MIN_TILE}-{MAX_TILE}; 0: "
+        "no tiles, images resized whole to --max-side): small objects keep their pixels",
+    )
+    g.add_argument(
+        "--tile-overlap",
+        type=int,
+        help="pixels shared by neighbouring tiles (default: an eighth of --tile)",
+    )
+    g = p.add_argument_group("LoRA on the image encoder (docs/lora.md)")
+    g.add_argument(
+        "--lora-rank",
+        type=int,
+        help="LoRA adapters of this rank on the last --lora-blocks trunk blocks (0: off); the "
+        "cache holds the trunk's output before them, model.pt the merged weights",
+    )
+    g.add_argument(
+        "--lora-blocks",
+        type=int,
+        help="adapt the last K trunk blocks (tiny/small: 2 = last stage, 9 = last two; up to all)",
+    )
+    g.add_argument("--lora-targets", help="comma list of the attention layers adapted: qkv, proj")
+    g.add_argument("--lora-alpha", type=float, help="peft's lora_alpha (default: the rank)")
+    g.add_argument("--lora-dropout", type=float, help="peft's lora_dropout")
+    g = p.add_argument_group("prompt-free segmentation (docs/autoseg.md)")
+    g.add_argument(
+        "--auto-decoder",
+        action="store_true",
+        help="also train a small instance head on the cached features (foreground, centre and "
+        "boundary distance maps + watershed): infer.py --auto then needs no clicks; saved in "
+        "model.pt under 'auto_decoder'",
+    )
+    g.add_argument(
+        "--amg-images",
+        type=int,
+        help="with --auto-decoder: validation images on which SAM 2's automatic mask generator "
+        "(the base model's) is scored before training, for eval.json; 0: none. It decodes "
+        "1024 clicks per image: minutes each on a CPU",
+    )
     g = p.add_argument_group("advanced")
     g.add_argument(
         "--weight-decay",
@@ -277,58 +329,6 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     g.add_argument("--encode-batch", type=int, help="images per image-encoder call")
     g.add_argument(
         "--train-encoder", action="store_true", help="fine-tune the image encoder too (no cache)"
-    )
-    g = p.add_argument_group("pixels and tiles (issue 26; docs/data.md)")
-    g.add_argument(
-        "--normalize",
-        help="how pixel values become 0-255: auto (8-bit as is; 16-bit/float: percentiles "
-        "1-99.8 per image), percentile:LO,HI, range:MIN,MAX (fixed) or none",
-    )
-    g.add_argument(
-        "--channels",
-        help="which file channels become R,G,B, e.g. 1,0,0 or 2 (gray); default: gray repeated, "
-        "2 channels -> R,G, RGB as is (5+ channels need it)",
-    )
-    g.add_argument(
-        "--tile",
-        type=int,
-        help=f"train on N x N tiles of the full-resolution image ({MIN_TILE}-{MAX_TILE}; 0: "
-        "no tiles, images resized whole to --max-side): small objects keep their pixels",
-    )
-    g.add_argument(
-        "--tile-overlap",
-        type=int,
-        help="pixels shared by neighbouring tiles (default: an eighth of --tile)",
-    )
-    g = p.add_argument_group("LoRA on the image encoder (peft; README: LoRA)")
-    g.add_argument(
-        "--lora-rank",
-        type=int,
-        help="LoRA adapters of this rank on the last --lora-blocks trunk blocks (0: off); the "
-        "cache holds the trunk's output before them, model.pt the merged weights",
-    )
-    g.add_argument(
-        "--lora-blocks",
-        type=int,
-        help="adapt the last K trunk blocks (tiny/small: 2 = last stage, 9 = last two; up to all)",
-    )
-    g.add_argument("--lora-targets", help="comma list of the attention layers adapted: qkv, proj")
-    g.add_argument("--lora-alpha", type=float, help="peft's lora_alpha (default: the rank)")
-    g.add_argument("--lora-dropout", type=float, help="peft's lora_dropout")
-    g = p.add_argument_group("prompt-free segmentation (autoseg.py)")
-    g.add_argument(
-        "--auto-decoder",
-        action="store_true",
-        help="also train a small instance head on the cached features (foreground, centre and "
-        "boundary distance maps + watershed): infer.py --auto then needs no clicks; saved in "
-        "model.pt under 'auto_decoder'",
-    )
-    g.add_argument(
-        "--amg-images",
-        type=int,
-        help="with --auto-decoder: validation images on which SAM 2's automatic mask generator "
-        "(the base model's) is scored before training, for eval.json; 0: none. It decodes "
-        "1024 clicks per image: minutes each on a CPU",
     )
     return p
 

@@ -406,7 +406,8 @@ LORA_TARGETS = ("qkv", "proj")  # the Linear layers of a block's attention that 
 def _lora_layers(sam) -> list[tuple[int, str, torch.nn.Module]]:
     """(trunk block index, SAM 2's name of the layer, peft's LoRA layer) of each adapted layer."""
     found = []
-    for i, blk in enumerate(sam.image_encoder.trunk.blocks):
+    trunk = getattr(getattr(sam, "image_encoder", None), "trunk", None)  # None: not SAM 2
+    for i, blk in enumerate(trunk.blocks if trunk is not None else []):
         for name in LORA_TARGETS:
             layer = getattr(blk.attn, name)
             if hasattr(layer, "lora_A"):

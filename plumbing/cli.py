@@ -196,15 +196,14 @@ def trained_settings(checkpoint: str | None) -> dict:
 
 def apply_trained(args: argparse.Namespace, checkpoint: str | None, defaults: dict) -> dict:
     """Fill each of `defaults`' settings that `args` leaves None: from the checkpoint's config
-    when it has it (printing one line saying so), else from `defaults`. Returns what came from
-    the checkpoint."""
+    when it has it (printing one line naming those that differ from `defaults`), else from
+    `defaults`. Returns what came from the checkpoint."""
     trained = {k: v for k, v in trained_settings(checkpoint).items() if k in defaults}
     used = {k: v for k, v in trained.items() if getattr(args, k, None) is None}
     for k, v in defaults.items():
         if getattr(args, k, None) is None:
             setattr(args, k, used.get(k, v))
-    if used:
-        shown = ", ".join(as_flag(k, v) for k, v in used.items())
+    if shown := ", ".join(as_flag(k, v) for k, v in used.items() if v != defaults[k]):
         print(
             f"settings trained with, from {checkpoint}: {shown} (a flag overrides)", file=sys.stderr
         )

@@ -211,10 +211,13 @@ def test_every_config_field_is_refused_or_allowed_on_resume(demo, tmp_path):
     subclass stands for it here), is refused."""
     cfg = train.Config(data=str(demo))
     allowed = {"steps", "minutes", "lr", "weight_decay", "save_every", "eval_every", "log_every"}
+    allowed |= {"amg_images"}  # what the end of an --auto-decoder run scores
     allowed |= {"device", "workers", "cache", "encode_batch", "lr_schedule", "clip_grad"}
     must_refuse = {"data", "model", "checkpoint", "batch_size", "max_masks", "recipe", "clicks"}
     must_refuse |= {"seed", "score_weight", "max_side", "min_area", "complex", "train_encoder"}
-    must_refuse |= {"frames", "objects", "accumulate"}
+    must_refuse |= {"frames", "objects", "accumulate", "normalize", "channels", "tile"}
+    must_refuse |= {"tile_overlap", "auto_decoder", "lora_rank", "lora_blocks", "lora_targets"}
+    must_refuse |= {"lora_alpha", "lora_dropout"}
     refused_seen = set()
     for f in dataclasses.fields(cfg):
         saved = dataclasses.asdict(cfg) | {f.name: "other"}
